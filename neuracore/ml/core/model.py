@@ -1,0 +1,107 @@
+"""The small base class every algorithm subclasses."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from neuracore.ml.core.data_types import DataType
+from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.model_init import ModelInitDescription
+
+Batch = dict[str, Any]
+
+
+class NeuracoreModel(nn.Module, abc.ABC):
+    """A policy: built from a `ModelInitDescription` plus hyper-parameters (the yaml keys).
+
+    Subclasses declare the DataTypes they accept, implement `training_step` (losses from a
+    batch; `forward` calls it so DDP/FSDP wrapping sees the computation) and `predict`
+    (unnormalised output chunks), and may override optimizers and schedulers.
+    """
+
+    algorithm_name: ClassVar[str] = ""
+    supported_input_data_types: ClassVar[frozenset[DataType]] = frozenset()
+    supported_output_data_types: ClassVar[frozenset[DataType]] = frozenset()
+    # Observations per input window (t-history+1 .. t); algorithms with history raise it.
+    observation_history: int = 1
+
+    def __init__(self, model_init_description: ModelInitDescription) -> None:
+        super().__init__()
+        self.model_init_description = model_init_description
+        self._check_supported(model_init_description)
+
+    @classmethod
+    def _check_supported(cls, mid: ModelInitDescription) -> None:
+        for kind, requested, supported in (
+            ("input", mid.inputs, cls.supported_input_data_types),
+            ("output", mid.outputs, cls.supported_output_data_types),
+        ):
+            unsupported = [dt.value for dt in requested if dt not in supported]
+            if unsupported:
+                valid = ", ".join(sorted(d.value for d in supported))
+                raise ConfigError(
+                    f"{kind}_data_types: {cls.algorithm_name or cls.__name__} does not support "
+                    f"{', '.join(unsupported)}; it supports {valid}"
+                )
+
+    @classmethod
+    def hyperparameter_defaults(cls) -> dict[str, Any]:
+        """Constructor keyword arguments and their defaults (the valid `algorithm.*` keys)."""
+        params = inspect.signature(cls.__init__).parameters
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {
+            name: (None if p.default is inspect.Parameter.empty else p.default)
+            for name, p in params.items()
+            if p.kind in kinds and name not in ("self", "model_init_description")
+        }
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Losses and metrics for a batch (the DDP-visible entry point)."""
+        return self.training_step(batch)
+
+    @abc.abstractmethod
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Return a dict with a scalar `loss` (what is optimised) plus any other scalar terms."""
+
+    @abc.abstractmethod
+    def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Return unnormalised `[B, H, D]` chunks keyed by output DataType value."""
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Optimizers for this model (default: one AdamW over all trainable parameters)."""
+        lr = float(getattr(self, "lr", 1e-4))
+        weight_decay = float(getattr(self, "weight_decay", 0.0))
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)]
+
+    def configure_schedulers(
+        self, optimizers: list[torch.optim.Optimizer], num_training_steps: int
+    ) -> list[torch.optim.lr_scheduler.LRScheduler]:
+        """LR schedulers stepped once per optimizer step (default: none)."""
+        return []
+
+
+def build_model(
+    cls: type[NeuracoreModel], mid: ModelInitDescription, hyperparameters: dict[str, Any]
+) -> NeuracoreModel:
+    """Instantiate `cls` after checking every hyper-parameter name against its signature."""
+    if not (isinstance(cls, type) and issubclass(cls, NeuracoreModel)):
+        raise ConfigError(f"algorithm._target_: {cls!r} is not a subclass of NeuracoreModel")
+    valid = cls.hyperparameter_defaults()
+    unknown = sorted(set(hyperparameters) - set(valid))
+    if unknown:
+        import difflib
+
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, valid, 1)) else k for k in unknown]
+        raise ConfigError(
+            f"algorithm.{hints[0].split(' ')[0]}: unknown hyper-parameter {', '.join(hints)} for "
+            f"{cls.algorithm_name or cls.__name__}; valid: {', '.join(sorted(valid))}"
+        )
+    model = cls(mid, **hyperparameters)
+    model.hyperparameters = {**valid, **hyperparameters}
+    return model

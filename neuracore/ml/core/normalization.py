@@ -1,0 +1,64 @@
+"""Device-side normalisation kept as buffers, so a training step never syncs with the host."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuracore.ml.core.model_init import FeatureSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalizer(nn.Module):
+    """Maps a vector feature to a normalised space and back.
+
+    `mode="mean_std"` gives zero mean / unit variance; `mode="min_max"` maps [min, max] to
+    [-1, 1] (Diffusion Policy's convention). Degenerate ranges (constant items) pass through.
+    """
+
+    def __init__(self, feature: FeatureSpec, mode: str = "mean_std", eps: float = 1e-6) -> None:
+        super().__init__()
+        if mode not in ("mean_std", "min_max"):
+            raise ValueError(f"normalisation mode {mode!r}; valid: mean_std, min_max")
+        dim = feature.dim
+        stats = feature.stats
+        if mode == "mean_std":
+            center = torch.tensor(stats.get("mean", [0.0] * dim), dtype=torch.float32)
+            scale = torch.tensor(stats.get("std", [1.0] * dim), dtype=torch.float32)
+        else:
+            lo = torch.tensor(stats.get("min", [-1.0] * dim), dtype=torch.float32)
+            hi = torch.tensor(stats.get("max", [1.0] * dim), dtype=torch.float32)
+            center, scale = (hi + lo) / 2, (hi - lo) / 2
+        scale = torch.where(scale.abs() < eps, torch.ones_like(scale), scale)
+        self.register_buffer("center", center, persistent=True)
+        self.register_buffer("scale", scale, persistent=True)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw values → normalised."""
+        return (x - self.center) / self.scale
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised values → raw."""
+        return x * self.scale + self.center
+
+
+def images_to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images in 0-255 → float in [0, 1] (floats are assumed to be in [0, 1] already)."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)
+    return images.float()
+
+
+class ImageNetNormalize(nn.Module):
+    """Float [0, 1] RGB images (channel axis at -3) → ImageNet-normalised."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise; input must already be float in [0, 1]."""
+        return (images - self.mean) / self.std

@@ -1,0 +1,1 @@
+"""Small simulated tasks used for the embedded demo dataset and for rollouts."""
