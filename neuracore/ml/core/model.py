@@ -27,6 +27,8 @@ class NeuracoreModel(nn.Module, abc.ABC):
     algorithm_name: ClassVar[str] = ""
     supported_input_data_types: ClassVar[frozenset[DataType]] = frozenset()
     supported_output_data_types: ClassVar[frozenset[DataType]] = frozenset()
+    # Hyper-parameter values used when rebuilding from exported weights (skip pretrained loads).
+    rebuild_overrides: ClassVar[dict[str, Any]] = {"use_pretrained_weights": False}
     # Observations per input window (t-history+1 .. t); algorithms with history raise it.
     observation_history: int = 1
 

@@ -132,3 +132,46 @@ def resolve_features(
                 dt, items, [column_name(dt, c) for c in items], np.zeros(0, np.int64), masks, list(shapes.pop())
             )
     return resolved
+
+
+def _everything(spec: DatasetSpec, robot_spec: Any) -> Any:
+    """`{}` means every robot with every data type and item."""
+    if robot_spec is not None and len(robot_spec) == 0:
+        return {robot: {dt: [] for dt in types} for robot, types in spec.robots.items()}
+    return robot_spec
+
+
+def resolve_model_data_spec(
+    spec: DatasetSpec,
+    algorithm: type,
+    input_data_types: list[str] | None,
+    output_data_types: list[str] | None,
+    input_robot_data_spec: Any,
+    output_robot_data_spec: Any,
+) -> tuple[dict[DataType, ResolvedFeature], dict[DataType, ResolvedFeature]]:
+    """Resolve both sides for `algorithm`, using its default types where the config gives none.
+
+    Requested types the algorithm does not support are a one-line error naming what it supports.
+    """
+    available = {dt for robot in spec.robots.values() for dt in robot}
+    name = getattr(algorithm, "algorithm_name", "") or algorithm.__name__
+    sides = []
+    for key, types, robot_spec, defaults in (
+        ("input_data_types", input_data_types, input_robot_data_spec, "default_input_data_types"),
+        ("output_data_types", output_data_types, output_robot_data_spec, "default_output_data_types"),
+    ):
+        if not types and robot_spec is None:
+            types = [dt.value for dt in getattr(algorithm, defaults, ()) if dt.value in available]
+            if not types:
+                wanted = ", ".join(dt.value for dt in getattr(algorithm, defaults, ())) or "none"
+                raise ConfigError(f"{key}: none given and dataset {spec.name!r} has none of {name}'s defaults ({wanted})")
+        resolved = resolve_features(spec, types, _everything(spec, robot_spec), key)
+        supported = getattr(algorithm, "supported_" + key, frozenset())
+        bad = [dt.value for dt in resolved if dt not in supported]
+        if bad:
+            raise ConfigError(
+                f"{key}: {name} does not support {', '.join(bad)}; it supports "
+                f"{', '.join(sorted(d.value for d in supported))}"
+            )
+        sides.append(resolved)
+    return sides[0], sides[1]

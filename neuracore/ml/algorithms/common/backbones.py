@@ -1,0 +1,45 @@
+"""torchvision ResNet trunks with optional ImageNet weights that never silently stay random."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from neuracore.ml.core.errors import ConfigError
+
+_TRUNKS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+
+
+def resnet_trunk(name: str, pretrained: bool, key: str = "algorithm.image_backbone") -> tuple[nn.Module, int]:
+    """A ResNet without its pooling and classifier, and its output channel count.
+
+    With `pretrained`, ImageNet weights come from the torch hub cache (`$TORCH_HOME`); if they
+    are absent and cannot be downloaded this is a one-line error, never a random model.
+    """
+    if name not in _TRUNKS:
+        raise ConfigError(f"{key}={name!r}: unknown backbone; valid: {', '.join(_TRUNKS)}")
+    model = torchvision.models.get_model(name, weights=None)
+    if pretrained:
+        weights = torchvision.models.get_model_weights(name).IMAGENET1K_V1
+        model.load_state_dict(_load_imagenet_state(weights.url, name))
+    trunk = nn.Sequential(*list(model.children())[:-2])
+    return trunk, _TRUNKS[name]
+
+
+def _load_imagenet_state(url: str, name: str) -> dict[str, torch.Tensor]:
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    path = cache / os.path.basename(url)
+    try:
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.hub.load_state_dict_from_url(url, model_dir=str(cache), progress=False, check_hash=True)
+    except Exception as exc:  # noqa: BLE001 - every failure means "no pretrained weights"
+        raise ConfigError(
+            f"algorithm.use_pretrained_weights=true: ImageNet weights for {name} are not in {path} and could "
+            f"not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); put the file there or set "
+            "algorithm.use_pretrained_weights=false"
+        ) from None

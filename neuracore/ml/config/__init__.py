@@ -1,0 +1,1 @@
+"""Hydra configuration files and their start-up validation."""

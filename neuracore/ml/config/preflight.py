@@ -1,0 +1,171 @@
+"""Check command-line overrides before Hydra runs, so mistakes are one line and exit code 2."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from neuracore.ml.core.errors import ConfigError
+
+_QUOTING = "quote the whole override for the shell, e.g. 'input_robot_data_spec={robot: {JOINT_POSITIONS: [j1]}}'"
+
+
+def _flatten_keys(data: Any, prefix: str = "") -> list[str]:
+    if not isinstance(data, dict):
+        return [prefix.rstrip(".")]
+    out = []
+    for key, value in data.items():
+        out.append(f"{prefix}{key}")
+        if isinstance(value, dict) and key not in ("input_robot_data_spec", "output_robot_data_spec"):
+            out.extend(_flatten_keys(value, f"{prefix}{key}."))
+    return out
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """One override list per sweep value (each value checked once, others at their first value)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception as exc:  # noqa: BLE001 - Hydra's grammar errors are multi-line
+        raise ConfigError(f"cannot parse overrides: {str(exc).splitlines()[0]}; {_QUOTING}") from None
+    choices: list[list[str]] = []
+    for override, text in zip(parsed, overrides):
+        if override.is_sweep_override():
+            key = override.get_key_element()
+            choices.append([f"{key}={v}" for v in override.sweep_string_iterator()])
+        else:
+            choices.append([text])
+    combos = [[c[0] for c in choices]]
+    for i, values in enumerate(choices):
+        for value in values[1:]:
+            combo = [c[0] for c in choices]
+            combo[i] = value
+            combos.append(combo)
+    return combos
+
+
+def _translate(exc: Exception, overrides: list[str], config_dir: str) -> ConfigError:
+    """Turn a Hydra composition error into a one-line `ConfigError`."""
+    message = str(exc)
+    missing = re.search(r"Could not find '(\w+)/([^']+)'", message)
+    if missing:
+        group, value = missing.groups()
+        if group == "algorithm":
+            from neuracore.ml.core.registry import registered_algorithms
+
+            options = sorted(set(registered_algorithms()) | set(_group_options(config_dir, group)))
+            hint = difflib.get_close_matches(value, options, 1)
+            return ConfigError(
+                f"algorithm={value}: unknown algorithm{f' (did you mean {hint[0]}?)' if hint else ''}; "
+                f"valid: {', '.join(options)}"
+            )
+        return ConfigError(f"{group}={value}: unknown option; valid: {', '.join(_group_options(config_dir, group))}")
+    key = re.search(r"Could not (?:override|append to|delete from) '([^']+)'", message) or re.search(
+        r"Key '([^']+)' (?:is not in struct|not in)", message
+    )
+    if key:
+        name = key.group(1)
+        valid = _known_keys(config_dir, overrides)
+        hint = difflib.get_close_matches(name, valid, 1)
+        section = name.rsplit(".", 1)[0] + "." if "." in name else ""
+        siblings = sorted(k[len(section):] for k in valid if k.startswith(section) and "." not in k[len(section):])
+        return ConfigError(
+            f"{name}: unknown config key{f' (did you mean {hint[0]}?)' if hint else ''}; "
+            f"valid {'keys' if not section else section.rstrip('.') + ' keys'}: {', '.join(siblings)}"
+        )
+    first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+    return ConfigError(f"invalid overrides: {first}")
+
+
+def _group_options(config_dir: str, group: str) -> list[str]:
+    from pathlib import Path
+
+    return sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
+
+
+def _known_keys(config_dir: str, overrides: list[str]) -> list[str]:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    group_overrides = [o for o in overrides if re.match(r"^(algorithm|training|dataset)=", o)]
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base=None):
+            cfg = compose("config", overrides=group_overrides)
+        return _flatten_keys(OmegaConf.to_container(cfg, resolve=False))
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def compose_config(overrides: list[str], config_dir: str) -> dict[str, Any]:
+    """Compose the config for `overrides` (no sweeps) as a plain dict, or raise `ConfigError`."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base=None):
+            cfg = compose("config", overrides=overrides)
+            data = OmegaConf.to_container(cfg, resolve=True)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Hydra/OmegaConf errors become one line
+        raise _translate(exc, overrides, config_dir) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return data
+
+
+def preflight(argv: list[str], config_dir: str) -> None:
+    """Validate every job a command line would run (flags such as --multirun are skipped)."""
+    from neuracore.ml.config.schema import validate_config
+
+    overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
+    stray = [a for a in argv if not a.startswith("-") and "=" not in a]
+    if stray:
+        raise ConfigError(f"{stray[0]!r}: expected key=value (e.g. algorithm=cnnmlp dataset_name=demo)")
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    combos = _expand(overrides)
+    if len(combos) > 1 and not multirun:
+        raise ConfigError("a sweep (a,b values) needs --multirun; e.g. python -m neuracore.ml.train --multirun algorithm.lr=1e-4,5e-4")
+    if multirun:
+        _refuse_distributed_sweep()
+    for combo in combos:
+        config = validate_config(compose_config(combo, config_dir))
+        # Dataset and data-spec errors are cheap to find from spec.json alone: find them now.
+        check_dataset_and_spec(config)
+
+
+def _refuse_distributed_sweep() -> None:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "--multirun inside a multi-process launch: sweeps run their jobs one after another in one "
+            "process; launch one `accelerate launch` per configuration instead (see README, Sweeps)"
+        )
+
+
+def check_dataset_and_spec(config: Any) -> None:
+    """The dataset exists (or is the generated demo) and the data spec names only what it has."""
+    from neuracore.ml.core.errors import DatasetError
+    from neuracore.ml.datasets.data_spec import resolve_model_data_spec
+    from neuracore.ml.datasets.format import SPEC_FILE, available_datasets, dataset_path, read_spec
+
+    path = dataset_path(config.dataset_name)
+    if not (path / SPEC_FILE).is_file():
+        if config.dataset_name == "demo":
+            return  # generated on first use
+        names = available_datasets()
+        names += [] if "demo" in names else ["demo"]
+        raise DatasetError(f"dataset_name={config.dataset_name!r}: no such dataset in {path.parent}; available: {', '.join(names)}")
+    resolve_model_data_spec(
+        read_spec(path),
+        config.algorithm.cls,
+        config.input_data_types,
+        config.output_data_types,
+        config.input_robot_data_spec,
+        config.output_robot_data_spec,
+    )

@@ -1,0 +1,259 @@
+"""Typed view of the Hydra config, validated at start-up with one-line errors naming the key."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import numbers
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.model import NeuracoreModel
+from neuracore.ml.core.registry import get_algorithm, register_algorithm, registered_algorithms
+
+MIXED_PRECISION = ("no", "fp16", "bf16")
+DEVICES = ("cpu", "cuda", "mps")
+
+
+@dataclass
+class LoopOptions:
+    """`training.*` keys."""
+
+    max_grad_norm: float | None = 1.0
+    validation_frequency: int | None = None
+    log_images: bool = True
+
+
+@dataclass
+class LoaderOptions:
+    """`dataset.*` keys."""
+
+    prefetch_factor: int = 2
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    default_language: str = "perform the task"
+
+
+@dataclass
+class AlgorithmChoice:
+    """The resolved `algorithm` group: registered name, class and hyper-parameters."""
+
+    name: str
+    cls: type[NeuracoreModel]
+    hyperparameters: dict[str, Any]
+
+
+@dataclass
+class TrainConfig:
+    """The whole validated configuration."""
+
+    algorithm: AlgorithmChoice
+    dataset_name: str
+    input_data_types: list[str] | None = None
+    output_data_types: list[str] | None = None
+    input_robot_data_spec: dict[str, Any] | None = None
+    output_robot_data_spec: dict[str, Any] | None = None
+    seed: int = 42
+    epochs: int = 100
+    max_steps: int | None = None
+    output_prediction_horizon: int = 100
+    validation_split: float = 0.2
+    logging_frequency: int = 50
+    checkpoint_frequency: int = 1000
+    keep_last_n_checkpoints: int = 5
+    device: str | None = None
+    batch_size: int | str = "auto"
+    mixed_precision: str | None = None
+    gradient_accumulation_steps: int = 1
+    num_workers: int = 2
+    training_name: str | None = None
+    local_output_dir: str | None = None
+    resume_checkpoint_path: str | None = None
+    training: LoopOptions = field(default_factory=LoopOptions)
+    dataset: LoaderOptions = field(default_factory=LoaderOptions)
+    raw: dict[str, Any] = field(default_factory=dict)  # the resolved config as plain data
+
+
+def _close(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, 1)
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _check(key: str, value: Any, annotation: Any) -> Any:
+    """Coerce/validate `value` against a simple type annotation, or raise a one-line error."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check(key, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_type_name(annotation)}")
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    if annotation is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return int(value)
+        raise ConfigError(f"{key}={value!r}: expected an integer")
+    if annotation is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}={value!r}: expected a number")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected a string")
+    if origin is list or annotation is list:
+        if isinstance(value, (list, tuple)):
+            inner = args[0] if args else Any
+            return [_check(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+        raise ConfigError(f"{key}={value!r}: expected a list like [a, b]")
+    if origin is dict or annotation is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"{key}={value!r}: expected a mapping like {{a: 1}}")
+    return value
+
+
+def _type_name(annotation: Any) -> str:
+    return str(annotation).replace("typing.", "").replace("NoneType", "null")
+
+
+def _positive(key: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise ConfigError(f"{key}={value}: must be >= {minimum}")
+
+
+def resolve_algorithm(node: Any) -> AlgorithmChoice:
+    """Find the algorithm class of the `algorithm` group and check its hyper-parameters."""
+    if not node:
+        names = ", ".join(registered_algorithms())
+        raise ConfigError(f"algorithm: required; add algorithm=<name> with one of: {names}")
+    if not isinstance(node, dict) or "_target_" not in node:
+        raise ConfigError("algorithm: expected a mapping with _target_ and hyper-parameters (see config/algorithm/)")
+    target = str(node["_target_"])
+    cls = _class_for_target(target)
+    name = next((n for n, c in registered_algorithms().items() if c is cls), None)
+    if name is None:  # a user's own algorithm named by `_target_`: register it under its class name
+        name = cls.algorithm_name or cls.__name__.lower()
+        register_algorithm(name)(cls)
+    valid = cls.hyperparameter_defaults()
+    annotations = typing.get_type_hints(cls.__init__)
+    hyper: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "_target_":
+            continue
+        if key not in valid:
+            raise ConfigError(
+                f"algorithm.{key}: unknown hyper-parameter for {name}{_close(key, list(valid))}; "
+                f"valid: {', '.join(sorted(valid))}"
+            )
+        hyper[key] = _check(f"algorithm.{key}", value, annotations.get(key, Any))
+    return AlgorithmChoice(name=name, cls=cls, hyperparameters=hyper)
+
+
+def _class_for_target(target: str) -> type[NeuracoreModel]:
+    """Import the yaml's `_target_` (training configs are the user's own, so importing is intended)."""
+    module_name, _, attr = target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"algorithm._target_={target!r}: cannot import ({type(exc).__name__}: {exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, NeuracoreModel)):
+        raise ConfigError(f"algorithm._target_={target!r}: not a subclass of neuracore.ml.core.NeuracoreModel")
+    return cls
+
+
+def _section(key: str, node: Any, cls: type) -> Any:
+    node = dict(node or {})
+    names = [f.name for f in fields(cls)]
+    hints = typing.get_type_hints(cls)
+    for k in node:
+        if k not in names:
+            raise ConfigError(f"{key}.{k}: unknown key{_close(k, names)}; valid: {', '.join(names)}")
+    return cls(**{k: _check(f"{key}.{k}", v, hints[k]) for k, v in node.items()})
+
+
+def validate_config(cfg: dict[str, Any]) -> TrainConfig:
+    """Check every key and value of a resolved config (plain dict) and return a `TrainConfig`."""
+    cfg = {k: v for k, v in cfg.items() if k != "hydra"}
+    top = {f.name: f for f in fields(TrainConfig)}
+    settable = [k for k in top if k not in ("raw",)]
+    for key in cfg:
+        if key not in settable:
+            raise ConfigError(f"{key}: unknown config key{_close(key, settable)}")
+    hints = typing.get_type_hints(TrainConfig)
+    values: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if key in ("algorithm", "training", "dataset"):
+            continue
+        if key == "batch_size":
+            if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                values[key] = value
+                continue
+            raise ConfigError(f"batch_size={value!r}: expected a positive integer or auto")
+        values[key] = _check(key, value, hints[key])
+    if not values.get("dataset_name"):
+        from neuracore.ml.datasets.format import available_datasets
+
+        names = available_datasets() + ([] if "demo" in available_datasets() else ["demo"])
+        raise ConfigError(f"dataset_name: required; available: {', '.join(names)}")
+    for key in ("epochs", "logging_frequency", "checkpoint_frequency", "keep_last_n_checkpoints",
+                "gradient_accumulation_steps", "output_prediction_horizon"):
+        _positive(key, values.get(key))
+    _positive("max_steps", values.get("max_steps"))
+    _positive("num_workers", values.get("num_workers"), 0)
+    split = values.get("validation_split", 0.2)
+    if not 0.0 <= split < 1.0:
+        raise ConfigError(f"validation_split={split}: must be in [0, 1)")
+    mp = values.get("mixed_precision")
+    if mp is not None and mp not in MIXED_PRECISION:
+        raise ConfigError(f"mixed_precision={mp!r}: valid: null, {', '.join(MIXED_PRECISION)}")
+    device = values.get("device")
+    if device is not None and device.split(":")[0] not in DEVICES:
+        raise ConfigError(f"device={device!r}: valid: null (auto), {', '.join(DEVICES)}")
+    for key in ("input_data_types", "output_data_types"):
+        from neuracore.ml.core.data_types import DataType
+
+        for dt in values.get(key) or []:
+            DataType.parse(dt, key)
+    training = _section("training", cfg.get("training"), LoopOptions)
+    _positive("training.validation_frequency", training.validation_frequency)
+    loader = _section("dataset", cfg.get("dataset"), LoaderOptions)
+    _positive("dataset.prefetch_factor", loader.prefetch_factor)
+    config = TrainConfig(
+        algorithm=resolve_algorithm(cfg.get("algorithm")),
+        training=training,
+        dataset=loader,
+        raw=cfg,
+        **values,
+    )
+    from neuracore.ml.utils.paths import check_name
+
+    check_name(config.dataset_name, "dataset_name")
+    if config.training_name is not None:
+        check_name(config.training_name, "training_name")
+    if config.resume_checkpoint_path not in (None, "auto") and not Path(config.resume_checkpoint_path).expanduser().is_dir():
+        raise ConfigError(
+            f"resume_checkpoint_path={config.resume_checkpoint_path!r}: not a checkpoint folder; "
+            "give <run>/checkpoints/checkpoint_<step> or auto"
+        )
+    if config.resume_checkpoint_path == "auto" and not (config.training_name or config.local_output_dir):
+        raise ConfigError("resume_checkpoint_path=auto: also give training_name or local_output_dir (the run to resume)")
+    return config
+
+
+__all__ = ["TrainConfig", "validate_config", "resolve_algorithm", "get_algorithm"]

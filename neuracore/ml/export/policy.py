@@ -1,0 +1,109 @@
+"""`Policy`: load an exported model folder and predict an action chunk from one observation."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from neuracore.ml.core import batch as keys
+from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.model import NeuracoreModel
+from neuracore.ml.export.model_folder import load_model_folder
+
+
+class Policy:
+    """Inference wrapper around an exported model.
+
+    `predict(observation)` takes one time step: for each input DataType either an array in the
+    model's item order or a mapping item name → value; images as `[H, W, C]` uint8 per camera;
+    an optional `"LANGUAGE"` string. It returns `{DataType value: [horizon, D] numpy array}`
+    in the units of the training data. Observation history is kept between calls; `reset()` it
+    at the start of an episode.
+    """
+
+    def __init__(self, model: NeuracoreModel, config: dict[str, Any], device: str | torch.device = "cpu") -> None:
+        self.model = model.to(device).eval()
+        self.config = config
+        self.device = torch.device(device)
+        self.description = model.model_init_description
+        self.history = max(int(model.observation_history), 1)
+        self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        trusted_algorithms: dict[str, type[NeuracoreModel]] | None = None,
+    ) -> Policy:
+        """Load `<run>/model`, `<run>/best_model` or any exported folder (never unpickles)."""
+        model, config = load_model_folder(Path(path).expanduser(), trusted_algorithms)
+        return cls(model, config, device)
+
+    @property
+    def output_items(self) -> dict[str, list[str]]:
+        """Item names of each output DataType, in the order of the predicted vectors."""
+        return {dt.value: list(f.items) for dt, f in self.description.outputs.items()}
+
+    def reset(self) -> None:
+        """Forget the observation history (call at the start of every episode)."""
+        self._frames.clear()
+
+    def _frame(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        frame: dict[str, np.ndarray] = {}
+        for dt, feature in self.description.inputs.items():
+            if dt.modality == Modality.LANGUAGE:
+                continue
+            if dt.value not in observation:
+                raise ConfigError(f"observation: missing {dt.value} (expects items {', '.join(feature.items)})")
+            value = observation[dt.value]
+            if dt.modality == Modality.VECTOR:
+                if isinstance(value, Mapping):
+                    missing = [i for i in feature.items if i not in value]
+                    if missing:
+                        raise ConfigError(f"observation[{dt.value}]: missing items {', '.join(missing)}")
+                    value = np.concatenate([np.atleast_1d(np.asarray(value[i], np.float32)) for i in feature.items])
+                value = np.asarray(value, np.float32).reshape(-1)
+                if value.shape[0] != feature.dim:
+                    raise ConfigError(f"observation[{dt.value}]: {value.shape[0]} values, expected {feature.dim}")
+            else:
+                if isinstance(value, Mapping):
+                    missing = [c for c in feature.items if c not in value]
+                    if missing:
+                        raise ConfigError(f"observation[{dt.value}]: missing cameras {', '.join(missing)}")
+                    value = np.stack([np.asarray(value[c]) for c in feature.items])
+                value = np.asarray(value)
+                c, h, w = feature.shape
+                if value.shape != (len(feature.items), h, w, c):
+                    raise ConfigError(
+                        f"observation[{dt.value}]: shape {list(value.shape)}, expected "
+                        f"{[len(feature.items), h, w, c]} ([cameras, H, W, C])"
+                    )
+                value = value.transpose(0, 3, 1, 2)
+            frame[dt.value] = value
+        return frame
+
+    @torch.no_grad()
+    def predict(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Action chunk(s) `[horizon, D]` for one observation."""
+        frame = self._frame(observation)
+        self._frames.append(frame)
+        while len(self._frames) < self.history:  # pad history with the first frame, as in training
+            self._frames.appendleft(frame)
+        batch: dict[str, Any] = {keys.INPUTS: {}, keys.INPUT_MASKS: {}}
+        for dt, feature in self.description.inputs.items():
+            if dt.modality == Modality.LANGUAGE:
+                continue
+            stacked = np.stack([f[dt.value] for f in self._frames])[None]
+            batch[keys.INPUTS][dt.value] = torch.as_tensor(stacked, device=self.device)
+            width = feature.dim if dt.modality == Modality.VECTOR else len(feature.items)
+            batch[keys.INPUT_MASKS][dt.value] = torch.ones(1, width, device=self.device)
+        if DataType.LANGUAGE in self.description.inputs:
+            batch[keys.LANGUAGE] = [str(observation.get("LANGUAGE") or self.description.default_language or "")]
+        out = self.model.predict(batch)
+        return {k: v[0].float().cpu().numpy() for k, v in out.items()}

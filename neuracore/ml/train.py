@@ -1,0 +1,193 @@
+"""Entry point: `python -m neuracore.ml.train algorithm=<name> dataset_name=<name> [key=value ...]`.
+
+The same `main` runs under `accelerate launch recipes/train.py ...`. The training sequence is
+`train()` below: accelerator → data → model → optimizer → prepare/resume → loop → export.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shlex
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from neuracore.ml.config.schema import TrainConfig, validate_config
+from neuracore.ml.core.errors import NeuracoreError
+
+logger = logging.getLogger("neuracore.ml.train")
+CONFIG_DIR = str(Path(__file__).parent / "config")
+
+
+def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
+    """Run one training job described by a validated config; returns the summary."""
+    from accelerate.utils import set_seed
+
+    from neuracore.ml.core.model import build_model
+    from neuracore.ml.datasets.format import open_dataset
+    from neuracore.ml.trainers.accelerator import choose_run_dir, make_accelerator, start_distributed
+    from neuracore.ml.trainers.autotune import choose_batch_size
+    from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
+    from neuracore.ml.trainers.data import build_data, make_loader
+    from neuracore.ml.trainers.loop import LoopParts, fit
+    from neuracore.ml.trainers.run_folder import export_run, prepare_run_folder, setup_logging
+    from neuracore.ml.trainers.tracking import count_parameters, start_tracking
+
+    state = start_distributed(config)
+    run_dir = choose_run_dir(config, state, job_num)
+    prepare_run_folder(run_dir, config, state)
+    accelerator = make_accelerator(config, run_dir)
+    setup_logging(run_dir, accelerator.is_main_process)
+    logger.info(
+        "world_size=%d device=%s mixed_precision=%s run_dir=%s",
+        accelerator.num_processes, accelerator.device, accelerator.mixed_precision, run_dir,
+    )
+    set_seed(config.seed)
+
+    with accelerator.main_process_first():
+        dataset = open_dataset(config.dataset_name)
+    data = build_data(config, dataset)
+    batch_size = choose_batch_size(config.batch_size, accelerator, len(data.train))
+    model = build_model(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
+    total_params, trainable = count_parameters(model)
+    logger.info("%s: %s parameters (%s trainable); inputs %s; outputs %s", config.algorithm.name, f"{total_params:,}",
+                f"{trainable:,}", _items(data.model_init.inputs), _items(data.model_init.outputs))
+    logger.info("episodes: %d train, %d validation (split by episode); %d training windows",
+                len(data.train_episodes), len(data.validation_episodes), len(data.train))
+
+    pin = accelerator.device.type == "cuda"
+    train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin)
+    val_loader = make_loader(data.validation, batch_size, config, shuffle=False, pin_memory=pin) if data.validation else None
+    sampler = train_loader.sampler
+    optimizers = model.configure_optimizers()
+    batches_per_rank = math.ceil(len(train_loader) / accelerator.num_processes)
+    steps_per_epoch = math.ceil(batches_per_rank / config.gradient_accumulation_steps)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    schedulers = model.configure_schedulers(optimizers, total_steps)
+    loaders = [train_loader] + ([val_loader] if val_loader else [])
+    prepared = accelerator.prepare(model, *optimizers, *schedulers, *loaders)
+    model = prepared[0]
+    optimizers = list(prepared[1 : 1 + len(optimizers)])
+    schedulers = list(prepared[1 + len(optimizers) : 1 + len(optimizers) + len(schedulers)])
+    train_loader, val_loader = (list(prepared[-len(loaders):]) + [None])[:2]
+    trainer_state = TrainerState(
+        algorithm=config.algorithm.name,
+        dataset_fingerprint=dataset.spec.fingerprint,
+        world_size=accelerator.num_processes,
+        batch_size=batch_size,
+    )
+    if config.resume_checkpoint_path:
+        path = resolve_resume_path(config.resume_checkpoint_path, run_dir)
+        trainer_state = load_checkpoint(accelerator, path, trainer_state)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, trainer_state.step,
+                    trainer_state.epoch, trainer_state.batches_in_epoch)
+
+    start_tracking(accelerator, config.raw)
+    accelerator.log({"model/num_parameters": float(total_params), "model/trainable_parameters": float(trainable)},
+                    step=trainer_state.step)
+    parts = LoopParts(model, optimizers, schedulers, train_loader, val_loader, sampler, total_steps,
+                      steps_per_epoch, batch_size)
+    dataset_info = {
+        "name": dataset.spec.name,
+        "fingerprint": dataset.spec.fingerprint,
+        "episodes": len(dataset.spec.episodes),
+        "frames": dataset.spec.num_frames,
+    }
+    command = _reproduce_command()
+
+    def on_validation(losses: dict[str, float], st: TrainerState) -> None:
+        loss = losses.get("loss", math.inf)
+        if st.best_validation_loss is None or loss < st.best_validation_loss:
+            st.best_validation_loss = loss
+            if accelerator.is_main_process:
+                export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command)
+
+    result = fit(accelerator, parts, config, run_dir, trainer_state, on_validation)
+    if accelerator.is_main_process:
+        export_run(accelerator, model, run_dir / "model", result.state, result.train_losses,
+                   result.validation_losses, dataset_info, command)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    summary = {
+        "run_dir": str(run_dir),
+        "model_dir": str(run_dir / "model"),
+        "steps": result.state.step,
+        "train_losses": result.train_losses,
+        "validation_losses": result.validation_losses,
+        "best_validation_loss": result.state.best_validation_loss,
+        "seconds": round(result.seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 1),
+        "batch_size": batch_size,
+        "world_size": accelerator.num_processes,
+    }
+    logger.info(
+        "done: %d steps in %.0f s (%.1f samples/s); train loss %s; validation loss %s; model at %s",
+        summary["steps"], result.seconds, result.samples_per_second,
+        _num(result.train_losses.get("loss")), _num(result.validation_losses.get("loss")), summary["model_dir"],
+    )
+    return summary
+
+
+def _items(features: dict) -> str:
+    return "; ".join(f"{dt.value}[{', '.join(f.items)}]" for dt, f in features.items())
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _reproduce_command() -> str:
+    return "python -m neuracore.ml.train " + " ".join(shlex.quote(a) for a in sys.argv[1:] if not a.startswith("-"))
+
+
+# --------------------------------------------------------------------------- CLI (Hydra)
+
+
+def _run_job(cfg: Any) -> dict[str, Any] | None:
+    """Hydra task function: validate, train, and turn our errors into one line + exit code 2."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from neuracore.ml.trainers.accelerator import reset_accelerate_state
+
+    job_num = None
+    try:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode.name == "MULTIRUN":
+            job_num = hydra_cfg.job.num
+    except ValueError:
+        pass
+    try:
+        config = validate_config(OmegaConf.to_container(cfg, resolve=True))
+        return train(config, job_num)
+    except NeuracoreError as exc:
+        _fail(exc)
+    finally:
+        reset_accelerate_state()
+    return None
+
+
+def _fail(exc: BaseException) -> None:
+    print(f"neuracore: error: {exc}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: check every override before Hydra runs, then hand over to Hydra (runs or sweeps)."""
+    import hydra
+
+    from neuracore.ml.config.preflight import preflight
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        preflight(args, CONFIG_DIR)
+    except NeuracoreError as exc:
+        _fail(exc)
+    sys.argv = [sys.argv[0], *args]
+    hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)(_run_job)()
+
+
+if __name__ == "__main__":
+    main()

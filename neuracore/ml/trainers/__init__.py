@@ -1,0 +1,1 @@
+"""The accelerate training loop as plain functions (the only package that imports accelerate)."""

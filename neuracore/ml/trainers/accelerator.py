@@ -1,0 +1,92 @@
+"""One place that builds the Accelerator and decides the run folder (rank 0 decides, all agree)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import ProjectConfiguration, broadcast_object_list
+
+from neuracore.ml.config.schema import TrainConfig
+from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.utils.paths import check_name, runs_root
+
+logger = logging.getLogger(__name__)
+
+
+def has_accelerator() -> bool:
+    """True when a CUDA, MPS or XPU device is usable."""
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
+def _use_cpu(config: TrainConfig) -> bool:
+    # Without a GPU, accelerate must be told `cpu=True`, or `--multi_gpu` launches silently become
+    # independent single-process runs racing on the same files instead of one gloo group.
+    if config.device == "cpu" or not has_accelerator():
+        if config.device and config.device.split(":")[0] in ("cuda", "mps"):
+            raise ConfigError(f"device={config.device!r}: no such device on this machine; use device=cpu or null")
+        return True
+    return False
+
+
+def start_distributed(config: TrainConfig) -> PartialState:
+    """Initialise the process group (gloo on CPU) before anything is written."""
+    use_cpu = _use_cpu(config)
+    if use_cpu:
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if config.mixed_precision == "fp16" and use_cpu:
+        raise ConfigError("mixed_precision=fp16: needs a GPU; use bf16 or no on CPU")
+    return PartialState(cpu=use_cpu)
+
+
+def choose_run_dir(config: TrainConfig, state: PartialState, job_num: int | None = None) -> Path:
+    """The run folder, chosen by rank 0 (a single `now`) and broadcast so every rank agrees."""
+    chosen = [None]
+    if state.is_main_process:
+        if config.local_output_dir:
+            run_dir = Path(config.local_output_dir).expanduser()
+        elif config.resume_checkpoint_path not in (None, "auto"):
+            run_dir = Path(config.resume_checkpoint_path).expanduser().resolve().parent.parent
+        else:
+            name = config.training_name
+            if name is None:
+                stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                name = f"{config.algorithm.name}_{config.dataset_name}_{stamp}"
+                if job_num is not None:
+                    name += f"_job{job_num}"
+                base, n = name, 1
+                while (runs_root() / name).exists():
+                    n += 1
+                    name = f"{base}-{n}"
+            run_dir = runs_root() / check_name(name, "training_name")
+        chosen = [str(run_dir.resolve())]
+    if state.num_processes > 1:
+        broadcast_object_list(chosen, from_process=0)
+    return Path(chosen[0])
+
+
+def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
+    """The Accelerator: devices, DDP, mixed precision, accumulation and TensorBoard in `run_dir`."""
+    project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir), automatic_checkpoint_naming=False)
+    return Accelerator(
+        cpu=_use_cpu(config),
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with="tensorboard",
+        project_config=project,
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide singletons so the next `--multirun` job starts clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()

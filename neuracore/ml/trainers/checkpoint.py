@@ -1,0 +1,163 @@
+"""Atomic checkpoints with rotation by step number, and resume that never silently restarts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+from neuracore.ml.core.errors import CheckpointError
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+_CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    """Loop position saved with every checkpoint (accelerate saves model/optimizer/RNG beside it)."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
+    samples_seen: int = 0
+    best_validation_loss: float | None = None
+    algorithm: str = ""
+    dataset_fingerprint: str = ""
+    world_size: int = 1
+    batch_size: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, path: Path) -> TrainerState:
+        """Read `trainer_state.json` from a checkpoint folder."""
+        try:
+            data = json.loads((path / STATE_FILE).read_text())
+            return cls(**data)
+        except (OSError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{path / STATE_FILE}: unreadable trainer state ({type(exc).__name__}: {exc})") from None
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    """`<run>/checkpoints`."""
+    return run_dir / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first, ordered by step (not by name or mtime)."""
+    root = checkpoints_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _CHECKPOINT.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, keep_last_n: int) -> Path:
+    """Write `checkpoint_<step>` atomically (temp folder + rename), then rotate old ones.
+
+    Every rank calls this (accelerate writes per-rank RNG state); rank 0 writes the rest.
+    """
+    root = checkpoints_dir(run_dir)
+    final = root / f"checkpoint_{state.step}"
+    tmp = root / f".tmp_checkpoint_{state.step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump(asdict(state), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        for child in tmp.iterdir():
+            if child.is_file():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+        old = None
+        if final.exists():  # re-saving a step (after a resume): keep the old copy until the new one is in
+            old = root / f".old_checkpoint_{state.step}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        rotate_checkpoints(run_dir, keep_last_n)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def rotate_checkpoints(run_dir: Path, keep_last_n: int) -> list[Path]:
+    """Delete all but the `keep_last_n` highest-step checkpoints; returns what was deleted."""
+    found = list_checkpoints(run_dir)
+    doomed = [path for _, path in found[: max(len(found) - keep_last_n, 0)]]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
+
+
+def resolve_resume_path(value: str, run_dir: Path) -> Path:
+    """`auto` → the newest complete checkpoint of `run_dir`; otherwise the given folder, checked."""
+    if value == "auto":
+        found = list_checkpoints(run_dir)
+        if not found:
+            raise CheckpointError(
+                f"resume_checkpoint_path=auto: no checkpoint in {checkpoints_dir(run_dir)}; "
+                "drop resume_checkpoint_path to start a new run"
+            )
+        return found[-1][1]
+    path = Path(value).expanduser().resolve()
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"resume_checkpoint_path={value!r}: {path} is not a complete checkpoint (no {STATE_FILE})")
+    return path
+
+
+def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainerState) -> TrainerState:
+    """Restore model, optimizer, schedulers, RNG and accelerate's step counter from `path`.
+
+    Any mismatch or unreadable file is a `CheckpointError`; a resume never degrades to a fresh start.
+    """
+    state = TrainerState.read(path)
+    for key in ("algorithm", "dataset_fingerprint"):
+        have, want = getattr(state, key), getattr(expected, key)
+        if have and want and have != want:
+            raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: checkpoint {key} is {have!r}, this run has {want!r}")
+    if state.world_size != expected.world_size:
+        raise CheckpointError(
+            f"resume_checkpoint_path={str(path)!r}: saved with {state.world_size} processes, resuming with "
+            f"{expected.world_size}; exact resume needs the same number"
+        )
+    needed = ["model.safetensors", "optimizer.bin", f"random_states_{accelerator.process_index}.pkl"]
+    missing = [n for n in needed if not (path / n).is_file()]
+    if missing:
+        raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: incomplete checkpoint, missing {', '.join(missing)}")
+    try:
+        accelerator.load_state(str(path))
+    except Exception as exc:  # noqa: BLE001 - any failure is fatal for a resume
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: cannot load ({type(exc).__name__}: {first})") from None
+    return state

@@ -1,0 +1,101 @@
+"""Dataset → data spec → windows → DataLoaders with a resumable, seed-determined order."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from neuracore.ml.config.schema import TrainConfig
+from neuracore.ml.core.data_types import DataType
+from neuracore.ml.core.model_init import ModelInitDescription
+from neuracore.ml.datasets.data_spec import ResolvedFeature, resolve_model_data_spec
+from neuracore.ml.datasets.format import MaterializedDataset
+from neuracore.ml.datasets.windows import WindowDataset, split_episodes
+
+logger = logging.getLogger(__name__)
+
+
+class EpochSampler(torch.utils.data.Sampler[int]):
+    """A permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, num_samples: int, seed: int, shuffle: bool = True) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of `epoch`."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return iter(rng.permutation(self.num_samples).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+@dataclass
+class DataBundle:
+    """Everything the loop needs from the data side."""
+
+    train: WindowDataset
+    validation: WindowDataset | None
+    inputs: dict[DataType, ResolvedFeature]
+    outputs: dict[DataType, ResolvedFeature]
+    model_init: ModelInitDescription
+    train_episodes: list[int]
+    validation_episodes: list[int]
+
+
+def build_data(config: TrainConfig, dataset: MaterializedDataset) -> DataBundle:
+    """Split by episode, build train/validation windows and the model's init description."""
+    inputs, outputs = resolve_model_data_spec(
+        dataset.spec,
+        config.algorithm.cls,
+        config.input_data_types,
+        config.output_data_types,
+        config.input_robot_data_spec,
+        config.output_robot_data_spec,
+    )
+    history = int(getattr(config.algorithm.cls, "observation_history", 1))
+    train_eps, val_eps = split_episodes(len(dataset.spec.episodes), config.validation_split, config.seed)
+    horizon = config.output_prediction_horizon
+    language = config.dataset.default_language
+    train = WindowDataset(dataset, inputs, outputs, train_eps, history, horizon, language)
+    validation = WindowDataset(dataset, inputs, outputs, val_eps, history, horizon, language) if val_eps else None
+    model_init = ModelInitDescription(
+        inputs={dt: f.feature_spec(dataset.spec) for dt, f in inputs.items()},
+        outputs={dt: f.feature_spec(dataset.spec) for dt, f in outputs.items()},
+        output_prediction_horizon=horizon,
+        frequency=dataset.spec.frequency,
+        default_language=language,
+    )
+    return DataBundle(train, validation, inputs, outputs, model_init, train_eps, val_eps)
+
+
+def make_loader(
+    windows: WindowDataset, batch_size: int, config: TrainConfig, shuffle: bool, pin_memory: bool
+) -> torch.utils.data.DataLoader:
+    """A DataLoader whose order comes from `EpochSampler` and never touches the global RNG."""
+    workers = config.num_workers
+    return torch.utils.data.DataLoader(
+        windows,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(windows), config.seed, shuffle=shuffle),
+        num_workers=workers,
+        pin_memory=pin_memory and config.dataset.pin_memory,
+        drop_last=False,
+        persistent_workers=workers > 0 and config.dataset.persistent_workers,
+        prefetch_factor=config.dataset.prefetch_factor if workers > 0 else None,
+        # Worker seeds come from this generator, so creating an iterator leaves torch's global
+        # RNG (dropout, augmentation) untouched: required for bit-exact resume.
+        generator=torch.Generator().manual_seed(config.seed),
+    )

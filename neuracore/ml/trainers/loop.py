@@ -1,0 +1,243 @@
+"""The training loop: steps, validation, logging and checkpoints, as a few visible functions."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from neuracore.ml.config.schema import TrainConfig
+from neuracore.ml.trainers.checkpoint import TrainerState, save_checkpoint
+from neuracore.ml.trainers.tracking import log_image_grid, log_scalars
+from neuracore.ml.utils.memory import gpu_memory_bytes, process_tree_rss_bytes
+
+logger = logging.getLogger(__name__)
+
+# Fault injection for the resume tests: the process SIGKILLs itself when it reaches this step.
+KILL_AT_STEP_ENV = "NEURACORE_DEBUG_KILL_AT_STEP"
+
+
+@dataclass
+class LoopParts:
+    """What `fit` drives: prepared model, optimizers, schedulers and loaders."""
+
+    model: torch.nn.Module
+    optimizers: list[Any]
+    schedulers: list[Any]
+    train_loader: Any
+    validation_loader: Any | None
+    sampler: Any  # the EpochSampler under the train loader
+    total_steps: int
+    steps_per_epoch: int
+    batch_size: int
+
+
+@dataclass
+class LoopResult:
+    """Summary of a finished `fit`."""
+
+    state: TrainerState
+    train_losses: dict[str, float] = field(default_factory=dict)
+    validation_losses: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    samples_per_second: float = 0.0
+
+
+class _Window:
+    """Device-side sums of losses between two log points (read once, at logging time)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.batches = 0
+        self.samples = 0
+        self.data_time = 0.0
+        self.start = time.perf_counter()
+        self.grad_norm: torch.Tensor | None = None
+
+    def add(self, losses: dict[str, torch.Tensor], samples: int) -> None:
+        for key, value in losses.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.batches += 1
+        self.samples += samples
+
+
+def _batch_size_of(batch: dict[str, Any]) -> int:
+    return int(batch["is_pad"].shape[0])
+
+
+def train_step(accelerator: Accelerator, parts: LoopParts, batch: dict[str, Any], max_grad_norm: float | None):
+    """One micro-batch: forward, backward and (on the last micro-batch) clip + optimizer step."""
+    grad_norm = None
+    with accelerator.accumulate(parts.model):
+        losses = parts.model(batch)
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients:
+            limit = max_grad_norm if max_grad_norm else float("inf")
+            grad_norm = accelerator.clip_grad_norm_(parts.model.parameters(), limit)
+        for optimizer in parts.optimizers:
+            optimizer.step()
+        for optimizer in parts.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+    return losses, grad_norm
+
+
+@torch.no_grad()
+def validate(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> dict[str, float]:
+    """Mean validation losses over all ranks, with the model in eval mode (restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, torch.Tensor] = {}
+    count = torch.zeros((), device=accelerator.device)
+    try:
+        for batch in loader:
+            losses = model(batch)
+            n = _batch_size_of(batch)
+            for key, value in losses.items():
+                weighted = value.detach().float() * n
+                sums[key] = sums[key] + weighted if key in sums else weighted
+            count += n
+    finally:
+        model.train(was_training)
+    total = accelerator.reduce(count, reduction="sum")
+    return {k: float(accelerator.reduce(v, reduction="sum") / total.clamp_min(1)) for k, v in sorted(sums.items())}
+
+
+def _learning_rates(optimizers: list[Any]) -> dict[str, float]:
+    out = {}
+    for i, optimizer in enumerate(optimizers):
+        for j, group in enumerate(optimizer.param_groups):
+            out[f"lr/optimizer{i}_group{j}"] = float(group["lr"])
+    return out
+
+
+def fit(
+    accelerator: Accelerator,
+    parts: LoopParts,
+    config: TrainConfig,
+    run_dir: Path,
+    state: TrainerState,
+    on_validation: Callable[[dict[str, float], TrainerState], None] | None = None,
+) -> LoopResult:
+    """Train until `parts.total_steps` optimizer steps; validate, log and checkpoint on the way."""
+    model = parts.model
+    model.train()
+    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
+    validation_every = config.training.validation_frequency
+    progress = tqdm(total=parts.total_steps, initial=state.step, disable=not accelerator.is_main_process,
+                    desc="training", dynamic_ncols=True)
+    window = _Window()
+    last_train: dict[str, float] = {}
+    last_val: dict[str, float] = {}
+    images_logged = False
+    started = time.perf_counter()
+    samples_at_start = state.samples_seen
+    done = state.step >= parts.total_steps
+    validated_at = -1
+
+    def run_validation() -> None:
+        nonlocal last_val, validated_at
+        if parts.validation_loader is None or validated_at == state.step:
+            return
+        validated_at = state.step
+        last_val = validate(accelerator, model, parts.validation_loader)
+        log_scalars(accelerator, {f"validation/{k}": v for k, v in last_val.items()}, state.step)
+        logger.info("step %d validation: %s", state.step, _fmt(last_val))
+        if on_validation is not None:
+            on_validation(last_val, state)
+
+    while not done:
+        epoch = state.epoch
+        parts.sampler.set_epoch(epoch)
+        loader = parts.train_loader
+        if state.batches_in_epoch:
+            loader = accelerator.skip_first_batches(parts.train_loader, state.batches_in_epoch)
+        iterator = iter(loader)
+        while True:
+            fetch = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                break
+            window.data_time += time.perf_counter() - fetch
+            if not images_logged and config.training.log_images:
+                log_image_grid(accelerator, batch, state.step)
+                images_logged = True
+            losses, grad_norm = train_step(accelerator, parts, batch, config.training.max_grad_norm)
+            n = _batch_size_of(batch)
+            window.add(losses, n)
+            state.batches_in_epoch += 1
+            state.samples_seen += n * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            for scheduler in parts.schedulers:
+                scheduler.step()
+            state.step += 1
+            window.grad_norm = grad_norm
+            progress.update(1)
+            if state.step % config.logging_frequency == 0 or state.step == parts.total_steps:
+                last_train = _log_window(accelerator, parts, window, state)
+                progress.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}")
+                window = _Window()
+            if validation_every and state.step % validation_every == 0:
+                run_validation()
+            done = state.step >= parts.total_steps
+            if state.step % config.checkpoint_frequency == 0 and not done:
+                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints)
+            if kill_at and state.step >= kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if done:
+                break
+        if not done or state.batches_in_epoch >= len(parts.train_loader):
+            state.epoch = epoch + 1
+            state.batches_in_epoch = 0
+            if not validation_every:
+                run_validation()
+    if window.batches:
+        last_train = _log_window(accelerator, parts, window, state)
+    run_validation()  # the final model is always validated (no-op if it just was)
+    progress.close()
+    elapsed = time.perf_counter() - started
+    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints)
+    return LoopResult(
+        state=state,
+        train_losses=last_train,
+        validation_losses=last_val,
+        seconds=elapsed,
+        samples_per_second=(state.samples_seen - samples_at_start) / max(elapsed, 1e-9),
+    )
+
+
+def _log_window(accelerator: Accelerator, parts: LoopParts, window: _Window, state: TrainerState) -> dict[str, float]:
+    """Reduce the window's losses over ranks and write them with throughput and memory."""
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    means = {k: accelerator.reduce(v / max(window.batches, 1), reduction="mean") for k, v in sorted(window.sums.items())}
+    train = {k: float(v) for k, v in means.items()}
+    values: dict[str, float] = {f"train/{k}": v for k, v in train.items()}
+    if window.grad_norm is not None:
+        values["train/grad_norm"] = float(window.grad_norm)
+    values.update(_learning_rates(parts.optimizers))
+    values["perf/samples_per_second"] = window.samples * accelerator.num_processes / elapsed
+    values["perf/step_time_s"] = elapsed / max(window.batches, 1)
+    values["perf/data_wait_fraction"] = min(window.data_time / elapsed, 1.0)
+    values["memory/cpu_rss_gb"] = process_tree_rss_bytes() / 1e9
+    for key, value in gpu_memory_bytes(accelerator.device).items():
+        values[f"memory/gpu_{key}_gb"] = value / 1e9
+    values["progress/epoch"] = float(state.epoch)
+    log_scalars(accelerator, values, state.step)
+    if not math.isfinite(train.get("loss", 0.0)):
+        logger.warning("step %d: training loss is %s", state.step, train.get("loss"))
+    return train
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4f}" for k, v in values.items())

@@ -1,0 +1,75 @@
+"""The run folder: safety checks before writing, logging into it, and model exports."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator, PartialState
+
+from neuracore.ml.config.schema import TrainConfig
+from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.export.model_folder import export_model
+from neuracore.ml.trainers.checkpoint import TrainerState, list_checkpoints
+
+
+def prepare_run_folder(run_dir: Path, config: TrainConfig, state: PartialState) -> None:
+    """Refuse to train a fresh run over an existing one's checkpoints; create the folder."""
+    if state.is_main_process:
+        if config.resume_checkpoint_path is None and list_checkpoints(run_dir):
+            raise ConfigError(
+                f"training_name: run folder {run_dir} already has checkpoints; resume it with "
+                "resume_checkpoint_path=auto or choose another training_name"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+
+
+def setup_logging(run_dir: Path, is_main: bool) -> None:
+    """Console logging (INFO on rank 0, warnings elsewhere) and `<run>/train.log` on rank 0."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_neuracore", False):
+            root.removeHandler(handler)
+            handler.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    console.setLevel(logging.INFO if is_main else logging.WARNING)
+    console._neuracore = True  # type: ignore[attr-defined]
+    root.addHandler(console)
+    if is_main:
+        file_handler = logging.FileHandler(run_dir / "train.log")
+        file_handler.setFormatter(fmt)
+        file_handler._neuracore = True  # type: ignore[attr-defined]
+        root.addHandler(file_handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("accelerate", "datasets", "torch", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def export_run(
+    accelerator: Accelerator,
+    model: Any,
+    out_dir: Path,
+    state: TrainerState,
+    train_losses: dict[str, float],
+    validation_losses: dict[str, float],
+    dataset: dict[str, Any],
+    command: str,
+) -> Path:
+    """Export the unwrapped model with its training summary (call on rank 0)."""
+    training = {
+        "steps": state.step,
+        "epochs_completed": state.epoch,
+        "samples_seen": state.samples_seen,
+        "batch_size_per_device": state.batch_size,
+        "world_size": state.world_size,
+        "train_losses": train_losses,
+        "validation_losses": validation_losses,
+        "best_validation_loss": state.best_validation_loss,
+        "command": command,
+    }
+    return export_model(accelerator.unwrap_model(model), out_dir, training=training, dataset=dataset)
