@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 from typing import Any
 
 from neuracore.ml.core.errors import ConfigError
@@ -80,8 +81,6 @@ def _translate(exc: Exception, overrides: list[str], config_dir: str) -> ConfigE
 
 
 def _group_options(config_dir: str, group: str) -> list[str]:
-    from pathlib import Path
-
     return sorted(p.stem for p in (Path(config_dir) / group).glob("*.yaml"))
 
 
@@ -89,7 +88,7 @@ def _known_keys(config_dir: str, overrides: list[str]) -> list[str]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    group_overrides = [o for o in overrides if re.match(r"^(algorithm|training|dataset)=", o)]
+    group_overrides = [o for o in overrides if re.match(r"^(algorithm|training|dataset|hydra\.searchpath)=", o)]
     try:
         with initialize_config_dir(config_dir=config_dir, version_base=None):
             cfg = compose("config", overrides=group_overrides)
@@ -118,22 +117,52 @@ def compose_config(overrides: list[str], config_dir: str) -> dict[str, Any]:
     return data
 
 
+def _split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """(overrides, extra config dirs, multirun) from a Hydra command line."""
+    overrides: list[str] = []
+    config_dirs: list[str] = []
+    multirun = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in ("-cd", "--config-dir"):
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{arg}: expects a folder of extra configs (e.g. {arg} my_configs)")
+            config_dirs.append(argv[i + 1])
+            i += 1
+        elif arg.startswith("--config-dir="):
+            config_dirs.append(arg.split("=", 1)[1])
+        elif arg.startswith("-"):
+            pass  # other Hydra flags (--cfg, --info, ...) are Hydra's to handle
+        elif "=" not in arg:
+            raise ConfigError(f"{arg!r}: expected key=value (e.g. algorithm=cnnmlp dataset_name=demo)")
+        elif not arg.startswith("hydra."):
+            overrides.append(arg)
+        i += 1
+    for folder in config_dirs:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"--config-dir {folder}: no such folder")
+    return overrides, config_dirs, multirun
+
+
 def preflight(argv: list[str], config_dir: str) -> None:
-    """Validate every job a command line would run (flags such as --multirun are skipped)."""
+    """Validate every job a command line would run before Hydra starts any of them."""
     from neuracore.ml.config.schema import validate_config
 
-    overrides = [a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra.")]
-    stray = [a for a in argv if not a.startswith("-") and "=" not in a]
-    if stray:
-        raise ConfigError(f"{stray[0]!r}: expected key=value (e.g. algorithm=cnnmlp dataset_name=demo)")
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides, extra_dirs, multirun = _split_argv(argv)
     combos = _expand(overrides)
     if len(combos) > 1 and not multirun:
-        raise ConfigError("a sweep (a,b values) needs --multirun; e.g. python -m neuracore.ml.train --multirun algorithm.lr=1e-4,5e-4")
+        raise ConfigError(
+            "a sweep (comma-separated values) needs --multirun; e.g. "
+            "python -m neuracore.ml.train --multirun algorithm.lr=1e-4,5e-4 ..."
+        )
     if multirun:
         _refuse_distributed_sweep()
+    searchpath = [f"hydra.searchpath=[{','.join('file://' + str(Path(d).resolve()) for d in extra_dirs)}]"] if extra_dirs else []
     for combo in combos:
-        config = validate_config(compose_config(combo, config_dir))
+        config = validate_config(compose_config(searchpath + combo, config_dir))
         # Dataset and data-spec errors are cheap to find from spec.json alone: find them now.
         check_dataset_and_spec(config)
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated NEURACORE_HOME with a small demo dataset, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL_DEMO_EPISODES = 12
+
+# Small, fast settings for end-to-end runs (tiny MLP head; ResNet18 on 64x64 images).
+FAST = [
+    "algorithm=cnnmlp",
+    "dataset_name=demo",
+    "batch_size=4",
+    "output_prediction_horizon=5",
+    "num_workers=0",
+    "algorithm.hidden_dim=32",
+    "algorithm.cnn_output_dim=32",
+    "algorithm.num_layers=1",
+    "training.log_images=false",
+]
+
+
+@pytest.fixture(scope="session")
+def demo_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A NEURACORE_HOME holding a 12-episode `demo` dataset (made once per session)."""
+    from neuracore.ml.datasets.demo import DEMO_NAME, demo_episodes, demo_layout
+    from neuracore.ml.datasets.materialize import materialize
+    from neuracore.ml.sim import pick_place
+
+    home = tmp_path_factory.mktemp("neuracore_home")
+    materialize(DEMO_NAME, demo_episodes(SMALL_DEMO_EPISODES), demo_layout(), pick_place.FREQUENCY_HZ,
+                root=home / "datasets")
+    return home
+
+
+@pytest.fixture()
+def home(demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh NEURACORE_HOME per test that shares the session's demo dataset (symlinked)."""
+    h = tmp_path / "home"
+    (h / "datasets").mkdir(parents=True)
+    (h / "datasets" / "demo").symlink_to(demo_home / "datasets" / "demo")
+    monkeypatch.setenv("NEURACORE_HOME", str(h))
+    return h
+
+
+def run_cli(args: list[str], home: Path, timeout: float = 600, env: dict[str, str] | None = None,
+            module: str = "neuracore.ml.train") -> subprocess.CompletedProcess:
+    """Run `python -m <module> *args` with NEURACORE_HOME=home; returns the completed process."""
+    full_env = {**os.environ, "NEURACORE_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+    cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
