@@ -70,8 +70,14 @@ def test_train_writes_run_folder_tensorboard_and_export(home: Path) -> None:
     assert all(np.isfinite(e.value) for e in acc.Scalars("train/loss"))
     assert acc.Scalars("model/num_parameters")[0].value == pytest.approx(model_cfg["num_parameters"], rel=1e-6)
     assert "inputs/camera_0" in tags["images"]
-    hparam_files = list((run / "tensorboard").rglob("events.out.tfevents.*"))
-    assert hparam_files
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(run / "tensorboard"))
+    mux.Reload()
+    hparams = [tags["_hparams_/session_start_info"] for tags in mux.PluginRunToTagToContent("hparams").values()
+               if "_hparams_/session_start_info" in tags]
+    assert hparams and b"algorithm/lr" in hparams[0] and b"max_steps" in hparams[0]
 
 
 def test_policy_from_exported_folder_predicts_a_chunk(home: Path) -> None:
@@ -185,3 +191,25 @@ def test_recipe_entry_point_matches_module_entry_point(home: Path) -> None:
     result = run_cli(["recipes/train.py", *FAST, "max_steps=2", "training_name=recipe"], home, module="")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (_runs(home) / "recipe" / "model" / "config.json").is_file()
+
+
+def test_gradient_accumulation_counts_optimizer_steps(home: Path) -> None:
+    result = run_cli(FAST + ["max_steps=3", "gradient_accumulation_steps=2", "training_name=accum",
+                             "checkpoint_frequency=100"], home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((_runs(home) / "accum" / "checkpoints" / "checkpoint_3" / "trainer_state.json").read_text())
+    assert state["step"] == 3
+    assert state["batches_in_epoch"] == 6  # two micro-batches per optimizer step
+    assert state["samples_seen"] == 3 * 2 * 4
+
+
+def test_pretrained_weights_unavailable_is_an_error_not_a_random_model(home: Path, tmp_path: Path) -> None:
+    result = run_cli(FAST + ["max_steps=1", "algorithm.use_pretrained_weights=true", "training_name=pre"], home,
+                     env={"TORCH_HOME": str(tmp_path / "torch_home"), "NEURACORE_OFFLINE": "1"})
+    assert result.returncode == 2
+    lines = [l for l in result.stderr.splitlines() if l.startswith("neuracore: error:")]
+    assert len(lines) == 1
+    assert "use_pretrained_weights=true" in lines[0] and "resnet18" in lines[0]
+    assert "use_pretrained_weights=false" in lines[0]
+    assert not (_runs(home) / "pre" / "model").exists()
+    assert "Traceback" not in result.stderr

@@ -60,6 +60,7 @@ class _Window:
         self.batches = 0
         self.samples = 0
         self.data_time = 0.0
+        self.paused = 0.0  # validation/checkpoint time, excluded from throughput
         self.start = time.perf_counter()
         self.grad_norm: torch.Tensor | None = None
 
@@ -188,11 +189,13 @@ def fit(
                 last_train = _log_window(accelerator, parts, window, state)
                 progress.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}")
                 window = _Window()
+            paused = time.perf_counter()
             if validation_every and state.step % validation_every == 0:
                 run_validation()
             done = state.step >= parts.total_steps
             if state.step % config.checkpoint_frequency == 0 and not done:
                 save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints)
+            window.paused += time.perf_counter() - paused
             if kill_at and state.step >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
             if done:
@@ -219,7 +222,7 @@ def fit(
 
 def _log_window(accelerator: Accelerator, parts: LoopParts, window: _Window, state: TrainerState) -> dict[str, float]:
     """Reduce the window's losses over ranks and write them with throughput and memory."""
-    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    elapsed = max(time.perf_counter() - window.start - window.paused, 1e-9)
     means = {k: accelerator.reduce(v / max(window.batches, 1), reduction="mean") for k, v in sorted(window.sums.items())}
     train = {k: float(v) for k, v in means.items()}
     values: dict[str, float] = {f"train/{k}": v for k, v in train.items()}

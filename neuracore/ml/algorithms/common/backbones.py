@@ -36,6 +36,8 @@ def _load_imagenet_state(url: str, name: str) -> dict[str, torch.Tensor]:
     try:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
+        if os.environ.get("NEURACORE_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FileNotFoundError("offline mode (NEURACORE_OFFLINE/HF_HUB_OFFLINE), no download attempted")
         return torch.hub.load_state_dict_from_url(url, model_dir=str(cache), progress=False, check_hash=True)
     except Exception as exc:  # noqa: BLE001 - every failure means "no pretrained weights"
         raise ConfigError(
