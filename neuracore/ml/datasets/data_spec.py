@@ -104,7 +104,9 @@ def resolve_features(
 ) -> dict[DataType, ResolvedFeature]:
     """Resolve one side (inputs or outputs) of the data spec to table columns and item masks."""
     types = [DataType.parse(d, key) for d in (data_types or [])]
-    parsed = _robot_spec_from_config(robot_spec, key.replace("data_types", "robot_data_spec")) if robot_spec else None
+    if robot_spec:  # errors name the key the user actually set
+        key = key.replace("data_types", "robot_data_spec")
+    parsed = _robot_spec_from_config(robot_spec, key) if robot_spec else None
     by_type = _by_type(spec, types, parsed, key)
     resolved: dict[DataType, ResolvedFeature] = {}
     for dt, per_robot in by_type.items():
@@ -169,8 +171,9 @@ def resolve_model_data_spec(
         supported = getattr(algorithm, "supported_" + key, frozenset())
         bad = [dt.value for dt in resolved if dt not in supported]
         if bad:
+            shown = key if robot_spec is None else key.replace("data_types", "robot_data_spec")
             raise ConfigError(
-                f"{key}: {name} does not support {', '.join(bad)}; it supports "
+                f"{shown}: {name} does not support {', '.join(bad)}; it supports "
                 f"{', '.join(sorted(d.value for d in supported))}"
             )
         sides.append(resolved)

@@ -164,9 +164,10 @@ def open_dataset(name: str, root: Path | None = None) -> MaterializedDataset:
             ensure_demo_dataset()
         else:
             names = available_datasets(root)
+            if root is None and "demo" not in names:
+                names.append("demo (generated on first use)")
             raise DatasetError(
-                f"dataset_name={name!r}: no dataset under {path.parent}; available: "
-                f"{', '.join(names + ([] if 'demo' in names else ['demo (generated on first use)']))}"
+                f"dataset_name={name!r}: no dataset under {path.parent}; available: {', '.join(names) or 'none'}"
             )
     spec = read_spec(path)
     try:

@@ -127,6 +127,11 @@ def _episode_rows(
                 raise DatasetError(
                     f"episode {index}: {dt.value} item {item!r} has {values.shape[0]} frames, expected {length}"
                 )
+            if col.dtype == "uint8" and values.dtype != np.uint8:
+                raise DatasetError(
+                    f"episode {index}: {dt.value} item {item!r} has dtype {values.dtype}, expected uint8 "
+                    "(0-255); convert float [0, 1] images with (x * 255).round().astype('uint8')"
+                )
             values = values.reshape(length, -1)
             if values.shape[1] != width:
                 raise DatasetError(

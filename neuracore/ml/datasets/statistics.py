@@ -22,9 +22,10 @@ class RunningStats:
 
     def update(self, rows: np.ndarray) -> None:
         """Add rows `[N, D]`."""
-        rows = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
         if len(rows) == 0:
             return
+        # A copy: the reservoir keeps rows, and must not alias (or later overwrite) the caller's array.
+        rows = np.array(rows, dtype=np.float64, copy=True).reshape(len(rows), -1)
         self.count += len(rows)
         self.sum += rows.sum(0)
         self.sumsq += np.square(rows).sum(0)
