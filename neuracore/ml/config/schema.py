@@ -100,6 +100,10 @@ def _check(key: str, value: Any, annotation: Any) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}={value!r}: expected {_type_name(annotation)}")
     if annotation is Any:
         return value
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{key}={value!r}: valid: {', '.join(map(str, args))}")
     if annotation is bool:
         if isinstance(value, bool):
             return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -13,7 +14,7 @@ from typing import Any
 
 import safetensors.torch
 
-from neuracore.ml.core.errors import CheckpointError
+from neuracore.ml.core.errors import CheckpointError, NeuracoreError
 from neuracore.ml.core.model import NeuracoreModel, build_model
 from neuracore.ml.core.model_init import ModelInitDescription
 from neuracore.ml.core.registry import class_path, registered_algorithms
@@ -83,6 +84,7 @@ def export_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        config["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         (tmp / CARD_FILE).write_text(model_card(config))
         tmp.chmod(0o755)
@@ -91,13 +93,32 @@ def export_model(
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            if old is not None:  # put the previous export back
+                os.replace(old, out_dir)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _one_line(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:limit]}"
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -160,7 +181,9 @@ def read_config(folder: Path) -> dict[str, Any]:
     path = Path(folder) / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
-        config["algorithm"]["name"], config["model_init_description"]
+        if not isinstance(config["algorithm"]["name"], str) or not isinstance(config["model_init_description"], dict):
+            raise TypeError("algorithm.name must be a string and model_init_description a mapping")
+        int(config.get("format_version", 0))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: not a neuracore model config ({type(exc).__name__}: {exc})") from None
     if int(config.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
@@ -185,17 +208,25 @@ def load_model_folder(
             f"{folder / CONFIG_FILE}: algorithm {name!r} is not registered; import the module that registers it "
             f"or pass trusted_algorithms={{{name!r}: YourClass}} (registered: {', '.join(sorted(known))})"
         )
-    mid = ModelInitDescription.from_json(config["model_init_description"])
-    hyper = dict(config["algorithm"].get("hyperparameters", {}))
     cls = known[name]
-    # The exported weights replace any pretrained ones: never fetch them again when loading.
-    hyper.update({k: v for k, v in cls.rebuild_overrides.items() if k in hyper})
-    model = build_model(cls, mid, hyper)
     weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing weights file")
+    expected_sha = config.get("weights_sha256")
+    if expected_sha and sha256_file(weights) != expected_sha:
+        raise CheckpointError(f"{weights}: sha256 does not match config.json (corrupt or replaced weights)")
+    try:
+        mid = ModelInitDescription.from_json(config["model_init_description"])
+        hyper = dict(config["algorithm"].get("hyperparameters", {}))
+        # The exported weights replace any pretrained ones: never fetch them again when loading.
+        hyper.update({k: v for k, v in cls.rebuild_overrides.items() if k in hyper})
+        model = build_model(cls, mid, hyper)
+    except (KeyError, TypeError, ValueError, AttributeError, NeuracoreError) as exc:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild {name} ({_one_line(exc)})") from None
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
-    except Exception as exc:  # noqa: BLE001 - unreadable or corrupt file
-        raise CheckpointError(f"{weights}: cannot load weights ({type(exc).__name__}: {str(exc)[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable, corrupt or mismatched file
+        raise CheckpointError(f"{weights}: cannot load weights ({_one_line(exc)})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{weights}: weights do not match {name} (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"

@@ -99,7 +99,8 @@ class Policy:
         for dt, feature in self.description.inputs.items():
             if dt.modality == Modality.LANGUAGE:
                 continue
-            stacked = np.stack([f[dt.value] for f in self._frames])[None]
+            # Contiguous, like training batches: a strided layout changes conv kernels' rounding.
+            stacked = np.ascontiguousarray(np.stack([f[dt.value] for f in self._frames])[None])
             batch[keys.INPUTS][dt.value] = torch.as_tensor(stacked, device=self.device)
             width = feature.dim if dt.modality == Modality.VECTOR else len(feature.items)
             batch[keys.INPUT_MASKS][dt.value] = torch.ones(1, width, device=self.device)

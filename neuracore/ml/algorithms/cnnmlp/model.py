@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuracore.ml.algorithms.common.backbones import resnet_trunk
+from neuracore.ml.algorithms.common.backbones import ResNetName, resnet_trunk
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.model import Batch, NeuracoreModel
@@ -53,7 +53,7 @@ class CNNMLP(NeuracoreModel):
     def __init__(
         self,
         model_init_description: ModelInitDescription,
-        image_backbone: str = "resnet18",
+        image_backbone: ResNetName = "resnet18",
         hidden_dim: int = 512,
         cnn_output_dim: int = 512,
         num_layers: int = 3,

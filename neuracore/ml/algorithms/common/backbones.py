@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 import torchvision
@@ -11,7 +12,8 @@ from torch import nn
 
 from neuracore.ml.core.errors import ConfigError
 
-_TRUNKS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
+ResNetName = Literal["resnet18", "resnet34", "resnet50"]  # annotate hyper-parameters with it: checked at start-up
+_TRUNKS = dict(zip(get_args(ResNetName), (512, 512, 2048)))
 
 
 def resnet_trunk(name: str, pretrained: bool, key: str = "algorithm.image_backbone") -> tuple[nn.Module, int]:
