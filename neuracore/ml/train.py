@@ -28,7 +28,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     from neuracore.ml.core.model import build_model
     from neuracore.ml.datasets.format import open_dataset
     from neuracore.ml.trainers.accelerator import choose_run_dir, make_accelerator, start_distributed
-    from neuracore.ml.trainers.autotune import choose_batch_size
+    from neuracore.ml.trainers.batch_plan import decide_batch_size, write_resolved_config
     from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
     from neuracore.ml.trainers.data import build_data, make_loader
     from neuracore.ml.trainers.loop import LoopParts, fit
@@ -49,39 +49,42 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     with accelerator.main_process_first():
         dataset = open_dataset(config.dataset_name)
     data = build_data(config, dataset)
-    batch_size = choose_batch_size(config.batch_size, accelerator, len(data.train))
     model = build_model(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
     total_params, trainable = count_parameters(model)
     logger.info("%s: %s parameters (%s trainable); inputs %s; outputs %s", config.algorithm.name, f"{total_params:,}",
                 f"{trainable:,}", _items(data.model_init.inputs), _items(data.model_init.outputs))
     logger.info("episodes: %d train, %d validation (split by episode); %d training windows",
                 len(data.train_episodes), len(data.validation_episodes), len(data.train))
+    optimizers = model.configure_optimizers()
+    prepared = accelerator.prepare(model, *optimizers)
+    model, optimizers = prepared[0], list(prepared[1:])
+
+    resume_path = resolve_resume_path(config.resume_checkpoint_path, run_dir) if config.resume_checkpoint_path else None
+    batch_size, accumulation = decide_batch_size(config, accelerator, model, optimizers, data, resume_path)
+    accelerator.gradient_accumulation_steps = accumulation
+    write_resolved_config(accelerator, run_dir, config, batch_size, accumulation)
 
     pin = accelerator.device.type == "cuda"
     train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin)
     val_loader = make_loader(data.validation, batch_size, config, shuffle=False, pin_memory=pin) if data.validation else None
     sampler = train_loader.sampler
-    optimizers = model.configure_optimizers()
-    batches_per_rank = math.ceil(len(train_loader) / accelerator.num_processes)
-    steps_per_epoch = math.ceil(batches_per_rank / config.gradient_accumulation_steps)
+    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / accumulation)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    schedulers = model.configure_schedulers(optimizers, total_steps)
+    schedulers = accelerator.unwrap_model(model).configure_schedulers([o.optimizer for o in optimizers], total_steps)
     loaders = [train_loader] + ([val_loader] if val_loader else [])
-    prepared = accelerator.prepare(model, *optimizers, *schedulers, *loaders)
-    model = prepared[0]
-    optimizers = list(prepared[1 : 1 + len(optimizers)])
-    schedulers = list(prepared[1 + len(optimizers) : 1 + len(optimizers) + len(schedulers)])
-    train_loader, val_loader = (list(prepared[-len(loaders):]) + [None])[:2]
+    prepared = accelerator.prepare(*schedulers, *loaders)
+    schedulers = list(prepared[: len(schedulers)])
+    train_loader, val_loader = (list(prepared[len(schedulers):]) + [None])[:2]
     trainer_state = TrainerState(
         algorithm=config.algorithm.name,
         dataset_fingerprint=dataset.spec.fingerprint,
         world_size=accelerator.num_processes,
         batch_size=batch_size,
+        gradient_accumulation_steps=accumulation,
     )
-    if config.resume_checkpoint_path:
-        path = resolve_resume_path(config.resume_checkpoint_path, run_dir)
-        trainer_state = load_checkpoint(accelerator, path, trainer_state)
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, trainer_state.step,
+    if resume_path is not None:
+        trainer_state = load_checkpoint(accelerator, resume_path, trainer_state)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, trainer_state.step,
                     trainer_state.epoch, trainer_state.batches_in_epoch)
 
     start_tracking(accelerator, config.raw)
@@ -170,8 +173,9 @@ def _run_job(cfg: Any) -> dict[str, Any] | None:
 
 
 def _fail(exc: BaseException) -> None:
+    """One line on stderr; exit code 2 for bad input, the error's own code (e.g. 3 for memory) otherwise."""
     print(f"neuracore: error: {exc}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise SystemExit(getattr(exc, "exit_code", 2))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,8 @@
-"""Built-in algorithms; importing this package registers them."""
+"""Built-in algorithms: every sub-package is imported here, which registers it."""
 
-from neuracore.ml.algorithms.cnnmlp import CNNMLP
+import importlib
+import pkgutil
 
-__all__ = ["CNNMLP"]
+for _module in pkgutil.iter_modules(__path__):
+    if _module.ispkg and _module.name != "common":
+        importlib.import_module(f"{__name__}.{_module.name}")

@@ -8,7 +8,7 @@ import numbers
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.core.model import NeuracoreModel
@@ -35,6 +35,27 @@ class LoaderOptions:
     pin_memory: bool = True
     persistent_workers: bool = True
     default_language: str = "perform the task"
+
+
+@dataclass
+class AutotuneOptions:
+    """`autotune.*` keys (batch_size=auto)."""
+
+    strategy: Literal["auto", "memory", "throughput"] = "auto"
+    max_batch_size: int = 1024
+    memory_margin: float = 0.10
+    cpu_max_step_seconds: float = 2.0
+    cpu_time_budget_s: float = 60.0
+
+
+@dataclass
+class MemoryMonitorOptions:
+    """`memory_monitor.*` keys."""
+
+    enabled: bool = True
+    check_interval: int = 50
+    gpu_fraction: float = 0.95
+    host_fraction: float = 0.90
 
 
 @dataclass
@@ -66,14 +87,18 @@ class TrainConfig:
     keep_last_n_checkpoints: int = 5
     device: str | None = None
     batch_size: int | str = "auto"
+    effective_batch_size: int | None = None
     mixed_precision: str | None = None
     gradient_accumulation_steps: int = 1
+    compile: bool = False
     num_workers: int = 2
     training_name: str | None = None
     local_output_dir: str | None = None
     resume_checkpoint_path: str | None = None
     training: LoopOptions = field(default_factory=LoopOptions)
     dataset: LoaderOptions = field(default_factory=LoaderOptions)
+    autotune: AutotuneOptions = field(default_factory=AutotuneOptions)
+    memory_monitor: MemoryMonitorOptions = field(default_factory=MemoryMonitorOptions)
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved config as plain data
 
 
@@ -202,7 +227,7 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
     values: dict[str, Any] = {}
     for key, value in cfg.items():
-        if key in ("algorithm", "training", "dataset"):
+        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor"):
             continue
         if key == "batch_size":
             if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -219,6 +244,7 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
                 "gradient_accumulation_steps", "output_prediction_horizon"):
         _positive(key, values.get(key))
     _positive("max_steps", values.get("max_steps"))
+    _positive("effective_batch_size", values.get("effective_batch_size"))
     _positive("num_workers", values.get("num_workers"), 0)
     split = values.get("validation_split", 0.2)
     if not 0.0 <= split < 1.0:
@@ -238,10 +264,21 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     _positive("training.validation_frequency", training.validation_frequency)
     loader = _section("dataset", cfg.get("dataset"), LoaderOptions)
     _positive("dataset.prefetch_factor", loader.prefetch_factor)
+    autotune = _section("autotune", cfg.get("autotune"), AutotuneOptions)
+    _positive("autotune.max_batch_size", autotune.max_batch_size)
+    if not 0.0 <= autotune.memory_margin < 1.0:
+        raise ConfigError(f"autotune.memory_margin={autotune.memory_margin}: must be in [0, 1)")
+    monitor = _section("memory_monitor", cfg.get("memory_monitor"), MemoryMonitorOptions)
+    _positive("memory_monitor.check_interval", monitor.check_interval)
+    for key in ("gpu_fraction", "host_fraction"):
+        if not 0.0 < getattr(monitor, key) <= 1.0:
+            raise ConfigError(f"memory_monitor.{key}={getattr(monitor, key)}: must be in (0, 1]")
     config = TrainConfig(
         algorithm=resolve_algorithm(cfg.get("algorithm")),
         training=training,
         dataset=loader,
+        autotune=autotune,
+        memory_monitor=monitor,
         raw=cfg,
         **values,
     )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -80,6 +81,17 @@ class NeuracoreModel(nn.Module, abc.ABC):
         weight_decay = float(getattr(self, "weight_decay", 0.0))
         params = [p for p in self.parameters() if p.requires_grad]
         return [torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)]
+
+    def on_optimizer_step(self, step: int) -> None:
+        """Called after every optimizer step (e.g. to update an EMA of the weights); default: nothing."""
+
+    @contextlib.contextmanager
+    def inference_weights(self) -> Iterator[None]:
+        """Context in which the weights used for validation and export are active (e.g. EMA weights).
+
+        The default is the training weights; an algorithm with an EMA swaps them in and back out.
+        """
+        yield
 
     def configure_schedulers(
         self, optimizers: list[torch.optim.Optimizer], num_training_steps: int

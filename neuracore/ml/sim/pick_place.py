@@ -20,7 +20,7 @@ MAX_STEPS = 60
 LINKS = (0.5, 0.4)
 GOAL = np.array([0.0, 0.3])
 GOAL_RADIUS = 0.1
-GRASP_RADIUS = 0.06
+GRASP_RADIUS = 0.09
 MAX_JOINT_STEP = 0.15  # rad (or gripper fraction) per control step
 COLORS = {"red": (220, 40, 40), "blue": (40, 80, 230), "yellow": (230, 200, 40)}
 

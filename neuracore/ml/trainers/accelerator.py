@@ -81,6 +81,8 @@ def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
         log_with="tensorboard",
         project_config=project,
         step_scheduler_with_optimizer=False,
+        # accelerate compiles the model in prepare(); None leaves ACCELERATE_DYNAMO_BACKEND in charge.
+        dynamo_backend="inductor" if config.compile else None,
     )
 
 

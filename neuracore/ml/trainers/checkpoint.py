@@ -34,6 +34,7 @@ class TrainerState:
     dataset_fingerprint: str = ""
     world_size: int = 1
     batch_size: int = 0
+    gradient_accumulation_steps: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

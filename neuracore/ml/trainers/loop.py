@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,10 +15,12 @@ from typing import Any, Callable
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from tqdm.auto import tqdm
 
 from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.trainers.checkpoint import TrainerState, save_checkpoint
+from neuracore.ml.trainers.memory_monitor import ADVICE, MemoryLimitExceeded, MemoryMonitor
 from neuracore.ml.trainers.tracking import log_image_grid, log_scalars
 from neuracore.ml.utils.memory import gpu_memory_bytes, process_tree_rss_bytes
 
@@ -76,37 +80,70 @@ def _batch_size_of(batch: dict[str, Any]) -> int:
     return int(batch["is_pad"].shape[0])
 
 
+class StepFailed(Exception):
+    """An exception inside a training step, with whether the weights may have been half-updated."""
+
+    def __init__(self, cause: BaseException, weights_touched: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.weights_touched = weights_touched
+
+
 def train_step(accelerator: Accelerator, parts: LoopParts, batch: dict[str, Any], max_grad_norm: float | None):
     """One micro-batch: forward, backward and (on the last micro-batch) clip + optimizer step."""
     grad_norm = None
-    with accelerator.accumulate(parts.model):
-        losses = parts.model(batch)
-        accelerator.backward(losses["loss"])
-        if accelerator.sync_gradients:
-            limit = max_grad_norm if max_grad_norm else float("inf")
-            grad_norm = accelerator.clip_grad_norm_(parts.model.parameters(), limit)
-        for optimizer in parts.optimizers:
-            optimizer.step()
-        for optimizer in parts.optimizers:
-            optimizer.zero_grad(set_to_none=True)
+    stepping = False
+    try:
+        with accelerator.accumulate(parts.model):
+            losses = parts.model(batch)
+            accelerator.backward(losses["loss"])
+            if accelerator.sync_gradients:
+                limit = max_grad_norm if max_grad_norm else float("inf")
+                grad_norm = accelerator.clip_grad_norm_(parts.model.parameters(), limit)
+            stepping = True
+            for optimizer in parts.optimizers:
+                optimizer.step()
+            stepping = False
+            for optimizer in parts.optimizers:
+                optimizer.zero_grad(set_to_none=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with where it happened
+        raise StepFailed(exc, weights_touched=stepping and accelerator.sync_gradients) from exc
     return losses, grad_norm
+
+
+def _stop_for_memory(
+    accelerator: Accelerator, parts: LoopParts, run_dir: Path, synced: TrainerState, config: TrainConfig,
+    reason: str, can_checkpoint: bool = True,
+) -> None:
+    """Save a checkpoint of the last completed step (when consistent), then stop with a clear message."""
+    for optimizer in parts.optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    clear_device_cache(garbage_collection=True)
+    where = "no checkpoint (the failure happened inside the optimizer step)"
+    if can_checkpoint:
+        path = save_checkpoint(accelerator, run_dir, synced, config.keep_last_n_checkpoints)
+        where = f"checkpoint saved at {path}"
+    raise MemoryLimitExceeded(
+        f"{reason} at step {synced.step}; {where}; {ADVICE}, then resume with resume_checkpoint_path=auto"
+    )
 
 
 @torch.no_grad()
 def validate(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> dict[str, float]:
-    """Mean validation losses over all ranks, with the model in eval mode (restored afterwards)."""
+    """Mean validation losses over all ranks: eval mode, inference weights (e.g. EMA), then restored."""
     was_training = model.training
     model.eval()
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=accelerator.device)
     try:
-        for batch in loader:
-            losses = model(batch)
-            n = _batch_size_of(batch)
-            for key, value in losses.items():
-                weighted = value.detach().float() * n
-                sums[key] = sums[key] + weighted if key in sums else weighted
-            count += n
+        with accelerator.unwrap_model(model).inference_weights():
+            for batch in loader:
+                losses = model(batch)
+                n = _batch_size_of(batch)
+                for key, value in losses.items():
+                    weighted = value.detach().float() * n
+                    sums[key] = sums[key] + weighted if key in sums else weighted
+                count += n
     finally:
         model.train(was_training)
     total = accelerator.reduce(count, reduction="sum")
@@ -134,8 +171,9 @@ def fit(
     model.train()
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
     validation_every = config.training.validation_frequency
+    interactive = sys.stderr.isatty()
     progress = tqdm(total=parts.total_steps, initial=state.step, disable=not accelerator.is_main_process,
-                    desc="training", dynamic_ncols=True)
+                    desc="training", dynamic_ncols=True, mininterval=0.1 if interactive else 30.0)
     window = _Window()
     last_train: dict[str, float] = {}
     last_val: dict[str, float] = {}
@@ -144,6 +182,8 @@ def fit(
     samples_at_start = state.samples_seen
     done = state.step >= parts.total_steps
     validated_at = -1
+    synced = dataclasses.replace(state)  # the state at the last optimizer step (what a checkpoint may hold)
+    monitor = MemoryMonitor(accelerator, **dataclasses.asdict(config.memory_monitor))
 
     def run_validation() -> None:
         nonlocal last_val, validated_at
@@ -173,7 +213,14 @@ def fit(
             if not images_logged and config.training.log_images:
                 log_image_grid(accelerator, batch, state.step)
                 images_logged = True
-            losses, grad_norm = train_step(accelerator, parts, batch, config.training.max_grad_norm)
+            try:
+                losses, grad_norm = train_step(accelerator, parts, batch, config.training.max_grad_norm)
+            except StepFailed as failed:
+                if not should_reduce_batch_size(failed.cause):
+                    raise failed.cause from None
+                _stop_for_memory(accelerator, parts, run_dir, synced, config,
+                                 f"out of memory in a training step (batch_size={parts.batch_size})",
+                                 can_checkpoint=not failed.weights_touched)
             n = _batch_size_of(batch)
             window.add(losses, n)
             state.batches_in_epoch += 1
@@ -183,8 +230,12 @@ def fit(
             for scheduler in parts.schedulers:
                 scheduler.step()
             state.step += 1
+            accelerator.unwrap_model(model).on_optimizer_step(state.step)
             window.grad_norm = grad_norm
             progress.update(1)
+            breach = monitor.check(state.step)
+            if breach:
+                _stop_for_memory(accelerator, parts, run_dir, state, config, f"memory_monitor: {breach}")
             if state.step % config.logging_frequency == 0 or state.step == parts.total_steps:
                 last_train = _log_window(accelerator, parts, window, state)
                 progress.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}")
@@ -198,11 +249,13 @@ def fit(
             window.paused += time.perf_counter() - paused
             if kill_at and state.step >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
+            synced = dataclasses.replace(state)
             if done:
                 break
         if not done or state.batches_in_epoch >= len(parts.train_loader):
             state.epoch = epoch + 1
             state.batches_in_epoch = 0
+            synced = dataclasses.replace(state)
             if not validation_every:
                 run_validation()
     if window.batches:

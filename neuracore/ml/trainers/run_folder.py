@@ -72,4 +72,6 @@ def export_run(
         "best_validation_loss": state.best_validation_loss,
         "command": command,
     }
-    return export_model(accelerator.unwrap_model(model), out_dir, training=training, dataset=dataset)
+    unwrapped = accelerator.unwrap_model(model)
+    with unwrapped.inference_weights():  # e.g. EMA weights are what gets exported
+        return export_model(unwrapped, out_dir, training=training, dataset=dataset)

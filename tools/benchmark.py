@@ -1,0 +1,41 @@
+"""Benchmarks: `python tools/benchmark.py <data|train|autotune> ...` (each prints samples/s).
+
+    python tools/benchmark.py data demo
+    python tools/benchmark.py train algorithm=cnnmlp
+    python tools/benchmark.py autotune algorithm=cnnmlp
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from neuracore.ml.benchmarks import BENCHMARKS
+from neuracore.ml.core.errors import NeuracoreError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to the named benchmark module."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="benchmark", required=True)
+    modules = {}
+    for name, module_path in BENCHMARKS.items():
+        try:
+            module = importlib.import_module(module_path)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_path:
+                raise
+            continue  # not built yet
+        modules[name] = module
+        module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0]))
+    args = parser.parse_args(argv)
+    try:
+        return int(modules[args.benchmark].run(args) or 0)
+    except NeuracoreError as exc:
+        print(f"benchmark: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
