@@ -111,6 +111,13 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     if accelerator.is_main_process:
         export_run(accelerator, model, run_dir / "model", result.state, result.train_losses,
                    result.validation_losses, dataset_info, command)
+    pushed = {}
+    if config.push_to_storage and accelerator.is_main_process:
+        from neuracore.ml.storage import push_run
+
+        pushed = push_run(run_dir, config.push_to_storage, message=f"{run_dir.name}: {result.state.step} steps")
+        for name, info in pushed.items():
+            logger.info("pushed %s to %s@%s (branch %s)", name, info.repo, info.revision[:12], info.branch)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     summary = {

@@ -213,3 +213,23 @@ def test_pretrained_weights_unavailable_is_an_error_not_a_random_model(home: Pat
     assert "use_pretrained_weights=false" in lines[0]
     assert not (_runs(home) / "pre" / "model").exists()
     assert "Traceback" not in result.stderr
+
+
+def test_push_to_storage_at_the_end_then_load_by_repo_name(home: Path) -> None:
+    result = run_cli(FAST + ["max_steps=2", "training_name=pushed", "push_to_storage=acme/cube"], home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pushed model to acme/cube@" in result.stderr and "(branch main)" in result.stderr
+    from neuracore.ml import Policy
+    from neuracore.ml.sim.pick_place import PickPlaceEnv
+
+    local = Policy.from_pretrained(_runs(home) / "pushed" / "model")
+    remote = Policy.from_pretrained("acme/cube")
+    best = Policy.from_pretrained("acme/cube@best")
+    obs = PickPlaceEnv(3).observe()
+    observation = {"JOINT_POSITIONS": obs.joint_positions, "RGB_IMAGES": obs.image[None]}
+    expected = local.predict(observation)["JOINT_TARGET_POSITIONS"]
+    assert np.array_equal(remote.predict(observation)["JOINT_TARGET_POSITIONS"], expected)
+    assert best.predict(observation)["JOINT_TARGET_POSITIONS"].shape == expected.shape
+
+    bad = run_cli(FAST + ["max_steps=2", "training_name=badpush", "push_to_storage=../evil"], home)
+    assert bad.returncode == 2 and "push_to_storage: repo='../evil'" in bad.stderr

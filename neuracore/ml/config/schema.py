@@ -95,6 +95,7 @@ class TrainConfig:
     training_name: str | None = None
     local_output_dir: str | None = None
     resume_checkpoint_path: str | None = None
+    push_to_storage: str | None = None
     training: LoopOptions = field(default_factory=LoopOptions)
     dataset: LoaderOptions = field(default_factory=LoaderOptions)
     autotune: AutotuneOptions = field(default_factory=AutotuneOptions)
@@ -287,6 +288,13 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     check_name(config.dataset_name, "dataset_name")
     if config.training_name is not None:
         check_name(config.training_name, "training_name")
+    if config.push_to_storage is not None:
+        from neuracore.ml.storage.names import parse_repo
+
+        try:
+            parse_repo(config.push_to_storage, allow_revision=False)
+        except ConfigError as exc:
+            raise ConfigError(f"push_to_storage: {exc}") from None
     if config.resume_checkpoint_path not in (None, "auto") and not Path(config.resume_checkpoint_path).expanduser().is_dir():
         raise ConfigError(
             f"resume_checkpoint_path={config.resume_checkpoint_path!r}: not a checkpoint folder; "

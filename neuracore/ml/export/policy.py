@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,9 +41,22 @@ class Policy:
         path: str | Path,
         device: str | torch.device = "cpu",
         trusted_algorithms: dict[str, type[NeuracoreModel]] | None = None,
+        storage_url: str | None = None,
     ) -> Policy:
-        """Load `<run>/model`, `<run>/best_model` or any exported folder (never unpickles)."""
-        model, config = load_model_folder(Path(path).expanduser(), trusted_algorithms)
+        """Load an exported folder, or `org/name[@revision]` from Neuracore storage (never unpickles).
+
+        A path that exists locally (`<run>/model`, `<run>/best_model`, any export) is loaded as is.
+        Otherwise `org/name` (branch main), `org/name@best`, `org/name@<tag>` or `org/name@<revision>`
+        is pulled from `storage_url` (default `$NEURACORE_STORAGE_URL`, else
+        `file://$NEURACORE_HOME/storage`) into `$NEURACORE_HOME/cache/hub` once, every sha256 verified.
+        """
+        folder = Path(path).expanduser()
+        if not folder.exists():
+            from neuracore.ml.storage import looks_like_repo, pull_model
+
+            if looks_like_repo(str(path)):  # otherwise the loader names the missing local folder
+                folder = pull_model(str(path), storage_url)
+        model, config = load_model_folder(folder, trusted_algorithms)
         return cls(model, config, device)
 
     @property

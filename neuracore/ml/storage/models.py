@@ -1,0 +1,104 @@
+"""Push exported model folders and training runs; pull them for `Policy.from_pretrained`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from neuracore.ml.core.errors import CheckpointError, ConfigError
+from neuracore.ml.storage.hub import Hub, PushResult
+from neuracore.ml.storage.names import parse_repo
+
+MODEL_KIND = "model"
+CONFIG_FILE = "config.json"  # same names as neuracore.ml.export.model_folder (kept torch-free here)
+WEIGHTS_FILE = "model.safetensors"
+BEST_BRANCH = "best"
+RUN_FOLDERS = {"model": "main", "best_model": BEST_BRANCH}
+
+
+def is_model_folder(path: str | Path) -> bool:
+    """True when `path` holds an exported model (config.json + model.safetensors)."""
+    p = Path(path).expanduser()
+    return (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
+
+
+def model_metadata(folder: str | Path) -> dict[str, Any]:
+    """Summary of an exported model's config.json recorded in the revision (shown by `log`)."""
+    path = Path(folder).expanduser() / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text())
+        algorithm = config["algorithm"]["name"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: not a neuracore model config ({type(exc).__name__}: {exc})") from None
+    training = config.get("training") or {}
+    return {
+        "algorithm": algorithm,
+        "num_parameters": config.get("num_parameters"),
+        "weights_sha256": config.get("weights_sha256"),
+        "dataset": config.get("dataset") or {},
+        "training": {k: training[k] for k in ("steps", "epochs_completed", "train_losses", "validation_losses",
+                                              "best_validation_loss", "command") if k in training},
+        "versions": config.get("versions") or {},
+    }
+
+
+def push_model(
+    folder: str | Path,
+    repo: str,
+    *,
+    message: str = "",
+    tag: str | None = None,
+    branch: str = "main",
+    storage_url: str | None = None,
+    hub: Hub | None = None,
+) -> PushResult:
+    """Push an exported model folder as a new revision of `repo` on `branch` (optionally tagged)."""
+    folder = Path(folder).expanduser()
+    if not is_model_folder(folder):
+        raise ConfigError(f"{folder}: not an exported model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    metadata = model_metadata(folder)
+
+    def check_weights(entries: dict[str, dict[str, Any]]) -> None:
+        expected = metadata.get("weights_sha256")
+        if expected and entries[WEIGHTS_FILE]["sha256"] != expected:
+            raise CheckpointError(f"{folder / WEIGHTS_FILE}: sha256 does not match config.json; refusing to push")
+
+    hub = hub or Hub(storage_url)
+    return hub.push_folder(folder, repo, message=message or f"{metadata['algorithm']} model", kind=MODEL_KIND,
+                           metadata=metadata, branch=branch, tag=tag, validate=check_weights)
+
+
+def push_run(
+    run_dir: str | Path,
+    repo: str,
+    storage_url: str | None = None,
+    message: str = "",
+    tag: str | None = None,
+) -> dict[str, PushResult]:
+    """Push a run's final model to branch `main` and its best model to branch `best`.
+
+    With `tag`, the final model is also tagged `tag` and the best model `tag-best`. Returns the
+    push result by folder name (`model`, `best_model`); a missing best_model is skipped.
+    """
+    run_dir = Path(run_dir).expanduser()
+    present = {name: branch for name, branch in RUN_FOLDERS.items() if is_model_folder(run_dir / name)}
+    if "model" not in present:
+        raise ConfigError(f"{run_dir}: not a run folder with an exported model/ (and optional best_model/)")
+    hub = Hub(storage_url)
+    results = {}
+    for name, branch in present.items():
+        results[name] = push_model(
+            run_dir / name, repo, message=message or f"{run_dir.name}: {name}", branch=branch,
+            tag=None if tag is None else (tag if name == "model" else f"{tag}-best"), hub=hub,
+        )
+    return results
+
+
+def pull_model(spec: str, storage_url: str | None = None) -> Path:
+    """Cached, verified local folder of `org/name[@revision]` holding an exported model."""
+    ref = parse_repo(spec)
+    folder = Hub(storage_url).pull(ref)
+    if not is_model_folder(folder):
+        raise CheckpointError(f"{ref}: revision holds no exported model ({CONFIG_FILE} + {WEIGHTS_FILE})")
+    return folder
