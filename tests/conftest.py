@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,9 +50,22 @@ def home(demo_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pa
     return h
 
 
+def run_group(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """Run `cmd` in its own process group; on timeout kill the whole group (launchers leave children)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)}\n{err[-3000:]}") from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def run_cli(args: list[str], home: Path, timeout: float = 600, env: dict[str, str] | None = None,
             module: str = "neuracore.ml.train") -> subprocess.CompletedProcess:
     """Run `python -m <module> *args` with NEURACORE_HOME=home; returns the completed process."""
     full_env = {**os.environ, "NEURACORE_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return run_group(cmd, full_env, timeout)

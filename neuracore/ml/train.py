@@ -10,7 +10,6 @@ import logging
 import math
 import shlex
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 

@@ -6,13 +6,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import FAST, REPO, run_cli
+from tests.conftest import FAST, run_cli, run_group
 from tests.recipes.test_train_end_to_end import _free_port
 
 AUTO = [a for a in FAST if not a.startswith("batch_size=")] + ["batch_size=auto"]
@@ -57,7 +56,7 @@ def test_ddp_ranks_agree_when_only_one_rank_runs_out_of_memory(home: Path) -> No
            "NEURACORE_DEBUG_OOM_ABOVE": "1:20"}  # only rank 1 "runs out of memory" above 20 samples
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
            "recipes/train.py", *AUTO, "max_steps=1", "autotune.strategy=memory", "training_name=agree"]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = run_group(cmd, env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "out of memory on another rank" in result.stderr  # rank 0 learned of rank 1's failure
     run = _runs(home) / "agree"

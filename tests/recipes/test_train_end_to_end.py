@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import FAST, REPO, run_cli
+from tests.conftest import FAST, run_cli, run_group
 
 
 def _runs(home: Path) -> Path:
@@ -164,7 +163,7 @@ def test_accelerate_launch_two_ranks_on_cpu(home: Path) -> None:
     env = {**os.environ, "NEURACORE_HOME": str(home), "OMP_NUM_THREADS": "1"}
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
            "recipes/train.py", *FAST, "max_steps=4", "checkpoint_frequency=2", "logging_frequency=2"]
-    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    result = run_group(cmd, env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     runs = list(_runs(home).iterdir())
     assert len(runs) == 1, f"ranks must share one run folder, got {[r.name for r in runs]}"
