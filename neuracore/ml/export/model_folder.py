@@ -136,8 +136,8 @@ def model_card(config: dict[str, Any]) -> str:
         "## Data",
         f"- dataset: `{ds.get('name', '?')}` (fingerprint `{str(ds.get('fingerprint', '?'))[:16]}`, "
         f"{ds.get('episodes', '?')} episodes, {ds.get('frames', '?')} frames)",
-        f"- inputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["inputs"].items()),
-        f"- outputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["outputs"].items()),
+        "- inputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["inputs"].items()),
+        "- outputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["outputs"].items()),
         f"- prediction horizon: {spec['output_prediction_horizon']} steps",
         "",
         "## Training",
