@@ -103,13 +103,11 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         loss = losses.get("loss", math.inf)
         if st.best_validation_loss is None or loss < st.best_validation_loss:
             st.best_validation_loss = loss
-            if accelerator.is_main_process:
-                export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command)
+            export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command)
 
     result = fit(accelerator, parts, config, run_dir, trainer_state, on_validation)
-    if accelerator.is_main_process:
-        export_run(accelerator, model, run_dir / "model", result.state, result.train_losses,
-                   result.validation_losses, dataset_info, command)
+    export_run(accelerator, model, run_dir / "model", result.state, result.train_losses,
+               result.validation_losses, dataset_info, command)
     pushed = {}
     if config.push_to_storage and accelerator.is_main_process:
         from neuracore.ml.storage import push_run

@@ -53,8 +53,12 @@ def export_model(
     *,
     training: dict[str, Any] | None = None,
     dataset: dict[str, Any] | None = None,
+    state_dict: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `out_dir` atomically (temp folder, then rename); an existing export is replaced."""
+    """Write `out_dir` atomically (temp folder, then rename); an existing export is replaced.
+
+    `state_dict` (e.g. gathered from FSDP shards) replaces the module's own tensors in the file.
+    """
     out_dir = Path(out_dir)
     mid: ModelInitDescription = model.model_init_description
     config = {
@@ -83,7 +87,11 @@ def export_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        if state_dict is None:
+            safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        else:  # one consolidated file
+            tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+            safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         config["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         (tmp / CARD_FILE).write_text(model_card(config))

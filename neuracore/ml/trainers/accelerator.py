@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import ProjectConfiguration, broadcast_object_list
+from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list
 
 from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.core.errors import ConfigError
@@ -74,7 +74,7 @@ def choose_run_dir(config: TrainConfig, state: PartialState, job_num: int | None
 def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
     """The Accelerator: devices, DDP, mixed precision, accumulation and TensorBoard in `run_dir`."""
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir), automatic_checkpoint_naming=False)
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=_use_cpu(config),
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
@@ -84,6 +84,14 @@ def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
         # accelerate compiles the model in prepare(); None leaves ACCELERATE_DYNAMO_BACKEND in charge.
         dynamo_backend="inductor" if config.compile else None,
     )
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if wants_fsdp and accelerator.distributed_type != DistributedType.FSDP:
+        # accelerate silently falls back to DDP when FSDP is asked for on CPU: refuse instead.
+        raise ConfigError(
+            "accelerate config requests FSDP, which accelerate only runs on GPUs; on CPU use "
+            "--multi_gpu (DDP) or accelerate_configs/cpu.yaml"
+        )
+    return accelerator
 
 
 def reset_accelerate_state() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from neuracore.ml.core.errors import CheckpointError
 
@@ -152,8 +153,10 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainerState
             f"resume_checkpoint_path={str(path)!r}: saved with {state.world_size} processes, resuming with "
             f"{expected.world_size}; exact resume needs the same number"
         )
-    needed = ["model.safetensors", "optimizer.bin", f"random_states_{accelerator.process_index}.pkl"]
-    missing = [n for n in needed if not (path / n).is_file()]
+    sharded = accelerator.distributed_type == DistributedType.FSDP  # sharded state is saved as folders
+    needed = ["pytorch_model_fsdp_0", "optimizer_0"] if sharded else ["model.safetensors", "optimizer.bin"]
+    needed.append(f"random_states_{accelerator.process_index}.pkl")
+    missing = [n for n in needed if not (path / n).exists()]
     if missing:
         raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: incomplete checkpoint, missing {', '.join(missing)}")
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType
 
 from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.core.errors import ConfigError
@@ -60,7 +61,7 @@ def export_run(
     dataset: dict[str, Any],
     command: str,
 ) -> Path:
-    """Export the unwrapped model with its training summary (call on rank 0)."""
+    """Export the unwrapped model with its training summary (call on every rank; rank 0 writes)."""
     training = {
         "steps": state.step,
         "epochs_completed": state.epoch,
@@ -74,4 +75,8 @@ def export_run(
     }
     unwrapped = accelerator.unwrap_model(model)
     with unwrapped.inference_weights():  # e.g. EMA weights are what gets exported
-        return export_model(unwrapped, out_dir, training=training, dataset=dataset)
+        # Under FSDP gathering the full state dict is collective: every rank calls export_run.
+        full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
+        if not accelerator.is_main_process:
+            return out_dir
+        return export_model(unwrapped, out_dir, training=training, dataset=dataset, state_dict=full)
