@@ -46,7 +46,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     set_seed(config.seed)
 
     with accelerator.main_process_first():
-        dataset = open_dataset(config.dataset_name)
+        dataset = open_dataset(_local_dataset_name(config.dataset_name))
     data = build_data(config, dataset)
     model = build_model(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
     total_params, trainable = count_parameters(model)
@@ -135,6 +135,21 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         _num(result.train_losses.get("loss")), _num(result.validation_losses.get("loss")), summary["model_dir"],
     )
     return summary
+
+
+def _local_dataset_name(name: str) -> str:
+    """`org/name[@revision]` is pulled from storage once (sha256-verified) as dataset `org.name`."""
+    from neuracore.ml.storage.names import looks_like_repo, parse_repo
+
+    if not looks_like_repo(name):
+        return name
+    from neuracore.ml.storage import pull_dataset
+
+    ref = parse_repo(name)
+    local = f"{ref.org}.{ref.name}" + (f".{ref.revision}" if ref.revision else "")
+    path = pull_dataset(name, local_name=local)
+    logger.info("dataset %s pulled from storage as %s", name, path)
+    return local
 
 
 def _items(features: dict) -> str:

@@ -183,6 +183,10 @@ def check_dataset_and_spec(config: Any) -> None:
     from neuracore.ml.datasets.data_spec import resolve_model_data_spec
     from neuracore.ml.datasets.format import SPEC_FILE, available_datasets, dataset_path, read_spec
 
+    from neuracore.ml.storage.names import looks_like_repo
+
+    if looks_like_repo(config.dataset_name):
+        return  # pulled (and its spec checked) when the run starts
     path = dataset_path(config.dataset_name)
     if not (path / SPEC_FILE).is_file():
         if config.dataset_name == "demo":

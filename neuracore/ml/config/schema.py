@@ -285,7 +285,10 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     )
     from neuracore.ml.utils.paths import check_name
 
-    check_name(config.dataset_name, "dataset_name")
+    from neuracore.ml.storage.names import looks_like_repo
+
+    if not looks_like_repo(config.dataset_name):  # org/name[@revision] is pulled from storage at start
+        check_name(config.dataset_name, "dataset_name")
     if config.training_name is not None:
         check_name(config.training_name, "training_name")
     if config.push_to_storage is not None:

@@ -7,8 +7,8 @@ so `dataset_name=demo` works offline on a fresh install.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -17,6 +17,41 @@ from neuracore.ml.utils.paths import check_name, datasets_root
 FORMAT_VERSION = 1
 SPEC_FILE = "spec.json"
 DATA_DIR = "data"
+IMAGE_ENCODINGS = ("raw", "png", "jpeg")
+JPEG_QUALITY = 95
+
+
+def encode_image(image: Any, encoding: str) -> bytes:
+    """One `[H, W, C]` uint8 frame as PNG (lossless) or JPEG bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    frame = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+    if encoding == "png":
+        frame.save(buf, format="PNG")
+    else:  # 4:4:4 chroma: colour edges stay sharp for the policy
+        frame.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return buf.getvalue()
+
+
+def decode_images(frames: list[bytes], shape: list[int], where: str) -> Any:
+    """Encoded frames → `[N, H, W, C]` uint8 (Pillow's C decoder; never per pixel in Python)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    out = np.empty((len(frames), *shape), np.uint8)
+    for i, data in enumerate(frames):
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                arr = np.asarray(img.convert("RGB" if shape[-1] == 3 else "L"))
+        except (OSError, TypeError) as exc:
+            raise DatasetError(f"{where}: frame {i} cannot be decoded ({exc})") from None
+        out[i] = arr.reshape(shape)
+    return out
 
 
 def column_name(data_type: DataType, item: str | None = None) -> str:
@@ -34,7 +69,7 @@ class ColumnSpec:
     items: list[str]  # vector column: union of item names; image column: [camera]
     item_shape: list[int]  # vector: [width]; image: [H, W, C]; point cloud: [N, 3]
     dtype: str  # numpy dtype of stored values
-    encoding: str = "raw"  # raw values; encoded images are future work
+    encoding: str = "raw"  # "raw" fixed-size values, or "png"/"jpeg" bytes per frame (RGB images)
 
     @property
     def row_width(self) -> int:

@@ -6,25 +6,30 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import DatasetError
+from neuracore.ml.core.errors import ConfigError, DatasetError
 from neuracore.ml.datasets.format import (
     DATA_DIR,
+    IMAGE_ENCODINGS,
     SPEC_FILE,
     ColumnSpec,
     DatasetSpec,
     EpisodeSpec,
     column_name,
     dataset_path,
+    encode_image,
     fingerprint_files,
 )
 from neuracore.ml.datasets.statistics import RunningStats
@@ -53,15 +58,30 @@ class Episode:
 
 
 @dataclass
+class EpisodeSource:
+    """An episode read lazily by `load()`: in a worker process when importing with several processes.
+
+    `label` names where the episode comes from (file, folder) in errors and in the skipped list;
+    `load` must be picklable (a module-level function or a `functools.partial` of one).
+    """
+
+    label: str
+    load: Callable[[], Episode]
+
+
+@dataclass
 class DatasetLayout:
     """What a dataset will hold, declared before writing: robots' items and image shapes."""
 
     robots: dict[str, dict[DataType, list[str]]]
     item_shapes: dict[DataType, dict[str, list[int]]] = field(default_factory=dict)  # images: [H, W, C]
     language_key: str = "instruction"
+    image_encoding: str = "raw"  # RGB images: "raw" uint8, or "png"/"jpeg" bytes (decoded in loader workers)
 
     def columns(self) -> dict[str, ColumnSpec]:
         """Arrow columns: union of items across robots for vectors, one column per camera otherwise."""
+        if self.image_encoding not in IMAGE_ENCODINGS:
+            raise ConfigError(f"image_encoding={self.image_encoding!r}; valid: {', '.join(IMAGE_ENCODINGS)}")
         vectors: dict[DataType, list[str]] = {}
         cameras: dict[DataType, list[str]] = {}
         for per_type in self.robots.values():
@@ -80,7 +100,8 @@ class DatasetLayout:
                 if shape is None:
                     raise DatasetError(f"layout: no shape declared for {dt.value} item {cam!r}")
                 dtype = "uint8" if dt == DataType.RGB_IMAGES else "float32"
-                out[column_name(dt, cam)] = ColumnSpec(dt.value, [cam], list(shape), dtype)
+                encoding = self.image_encoding if dt == DataType.RGB_IMAGES else "raw"
+                out[column_name(dt, cam)] = ColumnSpec(dt.value, [cam], list(shape), dtype, encoding)
         return out
 
 
@@ -92,23 +113,31 @@ def _features(columns: dict[str, ColumnSpec]) -> Any:
         "frame_index": hf.Value("int32"),
     }
     for name, col in columns.items():
-        feats[name] = hf.List(hf.Value(col.dtype), length=col.row_width)
+        if col.encoding == "raw":
+            feats[name] = hf.List(hf.Value(col.dtype), length=col.row_width)
+        else:
+            feats[name] = hf.Value("binary")
     return hf.Features(feats)
 
 
 def _episode_rows(
     episode: Episode, index: int, layout: DatasetLayout, columns: dict[str, ColumnSpec],
-    stats: dict[str, RunningStats],
+    stats: dict[str, RunningStats], label: str = "", written_index: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Validate one episode and lay it out as column arrays `[T, row_width]`."""
+    """Validate one episode and lay it out as column arrays `[T, row_width]`.
+
+    Statistics are only updated once the whole episode is valid, so a skipped episode leaves none.
+    """
+    where = f"episode {index}" + (f" ({label})" if label else "")
     if episode.robot not in layout.robots:
-        raise DatasetError(f"episode {index}: robot {episode.robot!r} not in layout ({', '.join(layout.robots)})")
+        raise DatasetError(f"{where}: robot {episode.robot!r} not in layout ({', '.join(layout.robots)})")
     length = episode.length
     if length == 0:
-        raise DatasetError(f"episode {index}: empty episode (0 frames)")
+        raise DatasetError(f"{where}: empty episode (0 frames)")
     robot_items = layout.robots[episode.robot]
+    pending_stats: list[tuple[str, int, np.ndarray]] = []
     out: dict[str, np.ndarray] = {
-        "episode_index": np.full(length, index, np.int32),
+        "episode_index": np.full(length, index if written_index is None else written_index, np.int32),
         "frame_index": np.arange(length, dtype=np.int32),
     }
     for name, col in columns.items():
@@ -116,44 +145,57 @@ def _episode_rows(
         have = robot_items.get(dt, [])
         given = episode.data.get(dt, {})
         width = int(np.prod(col.item_shape))
-        block = np.zeros((length, len(col.items) if dt.modality == Modality.VECTOR else 1, width), col.dtype)
+        vector = dt.modality == Modality.VECTOR
+        # Image/point-cloud columns hold one camera: its frames are used as they are (no copy)
+        # unless the robot lacks the camera, when the column is zero-filled.
+        block = np.zeros((length, len(col.items), width), col.dtype) if vector or col.items[0] not in have else None
         for j, item in enumerate(col.items):
             if item not in have:
                 continue  # another robot's item: zero-filled, masked out by the data spec
             if item not in given:
-                raise DatasetError(f"episode {index}: {dt.value} item {item!r} of robot {episode.robot!r} is missing")
+                raise DatasetError(f"{where}: {dt.value} item {item!r} of robot {episode.robot!r} is missing")
             values = np.asarray(given[item])
             if values.shape[0] != length:
                 raise DatasetError(
-                    f"episode {index}: {dt.value} item {item!r} has {values.shape[0]} frames, expected {length}"
+                    f"{where}: {dt.value} item {item!r} has {values.shape[0]} frames, expected {length}"
                 )
             if col.dtype == "uint8" and values.dtype != np.uint8:
                 raise DatasetError(
-                    f"episode {index}: {dt.value} item {item!r} has dtype {values.dtype}, expected uint8 "
+                    f"{where}: {dt.value} item {item!r} has dtype {values.dtype}, expected uint8 "
                     "(0-255); convert float [0, 1] images with (x * 255).round().astype('uint8')"
                 )
             values = values.reshape(length, -1)
             if values.shape[1] != width:
                 raise DatasetError(
-                    f"episode {index}: {dt.value} item {item!r} has shape {list(np.asarray(given[item]).shape[1:])}"
+                    f"{where}: {dt.value} item {item!r} has shape {list(np.asarray(given[item]).shape[1:])}"
                     f" per frame, expected {col.item_shape}"
                 )
             if values.dtype.kind == "f" and not np.isfinite(values).all():
                 frame = int(np.argwhere(~np.isfinite(values))[0][0])
-                raise DatasetError(f"episode {index} frame {frame}: {dt.value} item {item!r} is NaN or Inf")
-            block[:, j if dt.modality == Modality.VECTOR else 0] = values
-        flat = block.reshape(length, -1)
-        out[name] = flat
+                raise DatasetError(f"{where} frame {frame}: {dt.value} item {item!r} is NaN or Inf")
+            if block is None:
+                block = np.ascontiguousarray(values, dtype=col.dtype)[:, None]
+            else:
+                block[:, j] = values
+        assert block is not None
+        if col.encoding == "raw":
+            out[name] = block.reshape(length, -1)
+        else:
+            frames = block.reshape(length, *col.item_shape)
+            out[name] = np.array([encode_image(f, col.encoding) for f in frames], dtype=object)
         if dt.modality == Modality.VECTOR:
             present = [j for j, item in enumerate(col.items) if item in have]
             for j in present:
-                stats.setdefault(f"{name}/{col.items[j]}", RunningStats(width)).update(block[:, j])
+                pending_stats.append((f"{name}/{col.items[j]}", width, block[:, j]))
         elif dt.modality == Modality.IMAGE and col.items[0] in have:
-            sub = block[::_IMAGE_STATS_STRIDE, 0].reshape(-1, *col.item_shape).astype(np.float32)
+            channels = col.item_shape[-1]
+            # Subsample frames and pixels before converting: statistics converge long before that.
+            sub = block[::_IMAGE_STATS_STRIDE, 0].reshape(-1, channels)[::7].astype(np.float32)
             if col.dtype == "uint8":
                 sub /= 255.0
-            channels = col.item_shape[-1]
-            stats.setdefault(name, RunningStats(channels)).update(sub.reshape(-1, channels)[::7])
+            pending_stats.append((name, channels, sub))
+    for key, dim, rows in pending_stats:
+        stats.setdefault(key, RunningStats(dim)).update(rows)
     return out
 
 
@@ -162,7 +204,9 @@ def _to_table(arrays: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     columns = []
     for field_ in schema:
         values = arrays[field_.name]
-        if values.ndim == 1:
+        if values.dtype == object:  # encoded frames
+            columns.append(pa.array(list(values), type=pa.binary()))
+        elif values.ndim == 1:
             columns.append(pa.array(values, type=field_.type))
         else:
             flat = pa.array(values.reshape(-1), type=field_.type.value_type)
@@ -170,18 +214,119 @@ def _to_table(arrays: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+_SHARD = "data-00000-of-00001.arrow"
+
+
+def _to_saved_dataset(staging: Path, data_dir: Path) -> None:
+    """Turn the staged Arrow file into a `save_to_disk` folder without copying the rows again.
+
+    `save_to_disk` of an empty selection writes the folder's metadata (state.json,
+    dataset_info.json) for one shard named `_SHARD`; the staged file becomes that shard. When a
+    `datasets` version lays the folder out differently, the rows are copied by `save_to_disk`.
+    """
+    import datasets as hf
+
+    staged = hf.Dataset.from_file(str(staging))
+    scratch = data_dir.parent / "scratch"
+    staged.select([]).save_to_disk(str(scratch))
+    state = json.loads((scratch / "state.json").read_text())
+    if state.get("_data_files") == [{"filename": _SHARD}]:
+        data_dir.mkdir()
+        for meta in ("state.json", "dataset_info.json"):
+            os.replace(scratch / meta, data_dir / meta)
+        del staged
+        os.replace(staging, data_dir / _SHARD)
+    else:
+        staged.save_to_disk(str(data_dir))
+        del staged
+        staging.unlink()
+    shutil.rmtree(scratch)
+
+
+def _with_episode(message: str, index: int, label: str) -> str:
+    """Prefix a reader's error with the episode's position, so every message names the episode."""
+    if message.startswith("episode "):
+        return message
+    if label and message.startswith(label):
+        return f"episode {index} ({label}){message[len(label):]}"
+    return f"episode {index}" + (f" ({label})" if label else "") + f": {message}"
+
+
+def _loaded(
+    episodes: Iterable[Episode | EpisodeSource], workers: int
+) -> Iterator[tuple[str, Episode | BaseException]]:
+    """(label, episode or the error reading it), in input order; `workers` > 0 reads in processes.
+
+    At most `2 * workers` episodes are in flight, so memory stays bounded by a few episodes.
+    """
+    if workers <= 0:
+        for item in episodes:
+            if isinstance(item, Episode):
+                yield "", item
+                continue
+            try:
+                yield item.label, item.load()
+            except DatasetError as exc:
+                yield item.label, exc
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork where available: workers start at once and need no importable __main__; loaders open
+    # their own files, so nothing open in the parent is shared.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        pending: deque[tuple[str, Any]] = deque()
+
+        def drain_one() -> tuple[str, Episode | BaseException]:
+            label, future = pending.popleft()
+            if isinstance(future, Episode):
+                return label, future
+            try:
+                return label, future.result()
+            except DatasetError as exc:
+                return label, exc
+
+        try:
+            for item in episodes:
+                if isinstance(item, Episode):
+                    pending.append(("", item))
+                else:
+                    pending.append((item.label, pool.submit(item.load)))
+                while len(pending) >= 2 * workers:
+                    yield drain_one()
+            while pending:
+                yield drain_one()
+        except BaseException:
+            for _, future in pending:
+                if not isinstance(future, Episode):
+                    future.cancel()
+            raise
+
+
 def materialize(
     name: str,
-    episodes: Iterable[Episode],
+    episodes: Iterable[Episode | EpisodeSource],
     layout: DatasetLayout,
     frequency: float,
     *,
     root: Path | None = None,
     overwrite: bool = False,
     source: dict[str, Any] | None = None,
+    skip_bad_episodes: bool = False,
+    workers: int = 0,
+    progress: bool = False,
+    total: int | None = None,
 ) -> Path:
-    """Write `episodes` as dataset `name`; atomic: on any failure nothing appears under the name."""
+    """Write `episodes` as dataset `name`; atomic: on any failure nothing appears under the name.
+
+    `episodes` holds `Episode`s or lazily read `EpisodeSource`s (read by `workers` processes when
+    > 0). With `skip_bad_episodes` an episode that fails to read or validate is left out and
+    listed in `spec.source["skipped_episodes"]`; otherwise its error (naming the episode, and
+    the file and frame where known) aborts the import. `progress` shows a progress bar.
+    """
     import datasets as hf
+    from tqdm.auto import tqdm
 
     final = dataset_path(name, root)
     if final.exists() and not overwrite:
@@ -190,6 +335,7 @@ def materialize(
     columns = layout.columns()
     stats: dict[str, RunningStats] = {}
     episode_specs: list[EpisodeSpec] = []
+    skipped: list[dict[str, Any]] = []
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)
@@ -198,27 +344,40 @@ def materialize(
         schema = features.arrow_schema
         staging = tmp / "staging.arrow"
         start = 0
-        # Episode by episode straight into one Arrow file: memory is bounded by one episode.
-        with ArrowWriter(features=features, path=str(staging)) as writer:
-            for index, episode in enumerate(episodes):
-                arrays = _episode_rows(episode, index, layout, columns, stats)
+        bar = tqdm(total=total, unit="episode", desc=f"import {name}", disable=not progress, file=sys.stderr)
+        # Episode by episode straight into one Arrow file: memory is bounded by a few episodes.
+        with ArrowWriter(features=features, path=str(staging)) as writer, bar:
+            for index, (label, episode) in enumerate(_loaded(episodes, workers)):
+                bar.update(1)
+                try:
+                    if isinstance(episode, BaseException):
+                        raise DatasetError(_with_episode(str(episode), index, label)) from None
+                    arrays = _episode_rows(episode, index, layout, columns, stats, label, len(episode_specs))
+                except DatasetError as exc:
+                    if not skip_bad_episodes:
+                        raise
+                    logger.warning("skipping episode %d: %s", index, exc)
+                    skipped.append({"index": index, "label": label, "error": str(exc)})
+                    continue
                 length = len(arrays["episode_index"])
                 writer.write_table(_to_table(arrays, schema))
                 episode_specs.append(EpisodeSpec(episode.robot, start, length, episode.language))
                 start += length
+                bar.set_postfix(frames=start, refresh=False)
             writer.finalize()
         if not episode_specs:
-            raise DatasetError(f"dataset {name!r}: no episodes to write")
+            detail = f" ({len(skipped)} skipped; first: {skipped[0]['error']})" if skipped else ""
+            raise DatasetError(f"dataset {name!r}: no episodes to write{detail}")
         hf.disable_progress_bars()
-        staged = hf.Dataset.from_file(str(staging))
-        staged.save_to_disk(str(tmp / DATA_DIR))
-        del staged
-        staging.unlink()
+        _to_saved_dataset(staging, tmp / DATA_DIR)
         statistics: dict[str, dict[str, dict[str, list[float]]]] = {}
         for key, running in stats.items():
             col, _, item = key.partition("/")
             spec_col = columns[col]
             statistics.setdefault(spec_col.data_type, {})[item or spec_col.items[0]] = running.result()
+        source = dict(source or {})
+        if skip_bad_episodes:
+            source["skipped_episodes"] = skipped
         spec = DatasetSpec(
             name=name,
             frequency=float(frequency),
@@ -227,12 +386,16 @@ def materialize(
             episodes=episode_specs,
             statistics=statistics,
             fingerprint=fingerprint_files(tmp / DATA_DIR),
-            source=source or {},
+            source=source,
         )
         (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if final.exists():  # overwrite: move the old one aside first so the swap is two renames
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=final.parent))
+            os.replace(final, old / "d")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -11,7 +12,7 @@ import torch
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.datasets.data_spec import ResolvedFeature
-from neuracore.ml.datasets.format import MaterializedDataset
+from neuracore.ml.datasets.format import MaterializedDataset, decode_images
 
 
 def split_episodes(num_episodes: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
@@ -67,10 +68,14 @@ class WindowDataset(torch.utils.data.Dataset):
 
     def _images(self, feature: ResolvedFeature, start: int, n: int) -> np.ndarray:
         h, w, c = feature.item_shape
-        cams = [
-            _read_rows(self.table, col, start, n, h * w * c, self.spec.columns[col].dtype).reshape(n, h, w, c)
-            for col in feature.columns
-        ]
+        cams = []
+        for col in feature.columns:
+            if self.spec.columns[col].encoding == "raw":
+                cams.append(_read_rows(self.table, col, start, n, h * w * c, self.spec.columns[col].dtype)
+                            .reshape(n, h, w, c))
+            else:  # PNG/JPEG bytes: decoded here, i.e. in the DataLoader workers
+                frames = self.table.column(col).slice(start, n).to_pylist()
+                cams.append(decode_images(frames, [h, w, c], f"column {col} row {start}"))
         return np.ascontiguousarray(np.stack(cams, 1).transpose(0, 1, 4, 2, 3))  # [n, N_cam, C, H, W]
 
     def __getitem__(self, index: int) -> dict[str, Any]:

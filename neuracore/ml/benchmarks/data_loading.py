@@ -1,0 +1,172 @@
+"""Data loading: training windows per second for 0, 1 and 2 DataLoader workers, and peak RSS.
+
+    python tools/benchmark.py data                 # a synthetic dataset: 2 cameras 224x224, 14 joints
+    python tools/benchmark.py data my_dataset      # any materialised dataset (all cameras and joints)
+
+Each sample is what training reads: JOINT_POSITIONS and RGB_IMAGES at t, JOINT_TARGET_POSITIONS
+t..t+H-1 (H = --horizon, default 100), collated into batches exactly as the training loop does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from neuracore.ml.core.data_types import DataType
+from neuracore.ml.core.errors import ConfigError
+
+SYNTHETIC = "synthetic"
+_CAMERAS = ["cam_high", "cam_wrist"]
+_JOINTS = [f"joint_{i}" for i in range(14)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options of `tools/benchmark.py data`."""
+    parser.add_argument("name", nargs="?", default=SYNTHETIC,
+                        help=f"dataset name, or '{SYNTHETIC}' (default) for a generated 224x224 two-camera dataset")
+    parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=30, help="timed batches per worker count (after warm-up)")
+    parser.add_argument("--horizon", type=int, default=100)
+    parser.add_argument("--episodes", type=int, default=6, help="synthetic: episodes")
+    parser.add_argument("--frames", type=int, default=200, help="synthetic: frames per episode")
+    parser.add_argument("--image-encoding", choices=["raw", "png", "jpeg"], default="raw",
+                        help="synthetic: how RGB frames are stored")
+    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads in this process (collation "
+                        "with workers=0 happens here; default: torch's)")
+
+
+def _synthetic_episodes(episodes: int, frames: int) -> Iterator:
+    from neuracore.ml.datasets.materialize import Episode
+
+    rng = np.random.default_rng(0)
+    for _ in range(episodes):
+        q = np.cumsum(rng.normal(0, 0.01, (frames, len(_JOINTS))), 0).astype(np.float32)
+        # Smooth gradients with sensor-like noise, shifting over time: compresses like camera frames.
+        y, x = np.mgrid[0:224, 0:224]
+        images = {}
+        for c in _CAMERAS:
+            base = np.stack([x, y, (x + y) // 2], -1) + rng.integers(0, 64, 3)
+            noise = rng.integers(0, 12, (frames, 224, 224, 3))
+            shift = np.arange(frames)[:, None, None, None]
+            images[c] = ((base[None] + shift + noise) % 256).astype(np.uint8)
+        yield Episode(
+            robot="bimanual",
+            data={
+                DataType.JOINT_POSITIONS: {n: q[:, j] for j, n in enumerate(_JOINTS)},
+                DataType.JOINT_TARGET_POSITIONS: {n: np.roll(q[:, j], -1) for j, n in enumerate(_JOINTS)},
+                DataType.RGB_IMAGES: images,
+            },
+        )
+
+
+def _make_synthetic(root: Path, episodes: int, frames: int, encoding: str = "raw") -> float:
+    """Write the synthetic dataset under `root`; returns import frames/s."""
+    from neuracore.ml.datasets.materialize import DatasetLayout, materialize
+
+    layout = DatasetLayout(
+        robots={"bimanual": {DataType.JOINT_POSITIONS: _JOINTS, DataType.JOINT_TARGET_POSITIONS: _JOINTS,
+                             DataType.RGB_IMAGES: _CAMERAS}},
+        item_shapes={DataType.RGB_IMAGES: {c: [224, 224, 3] for c in _CAMERAS}},
+        image_encoding=encoding,
+    )
+    start = time.perf_counter()
+    materialize(SYNTHETIC, _synthetic_episodes(episodes, frames), layout, 30.0, root=root)
+    return episodes * frames / (time.perf_counter() - start)
+
+
+def _memory_mb() -> tuple[float, float, float]:
+    """(RSS of this process, PSS of this process, PSS summed over its live children) in MB.
+
+    PSS splits pages shared by forked workers (torch, the memory-mapped table) among them, so
+    the sum is what the machine really spends; RSS would count every shared page once per worker.
+    """
+    import psutil
+
+    me = psutil.Process()
+    children = 0.0
+    for child in me.children(recursive=True):
+        try:
+            children += child.memory_full_info().pss
+        except psutil.Error:
+            pass
+    info = me.memory_full_info()
+    return info.rss / 2**20, info.pss / 2**20, children / 2**20
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print samples/s per worker count and peak RSS."""
+    import torch
+
+    from neuracore.ml.datasets.data_spec import resolve_features
+    from neuracore.ml.datasets.format import open_dataset
+    from neuracore.ml.datasets.windows import WindowDataset
+
+    try:
+        worker_counts = [int(w) for w in str(args.workers).split(",")]
+    except ValueError:
+        raise ConfigError(f"--workers {args.workers!r}: expected comma-separated integers like 0,1,2") from None
+    tmp: Path | None = None
+    root = None
+    try:
+        if args.name == SYNTHETIC:
+            tmp = Path(tempfile.mkdtemp(prefix="neuracore-bench-data-"))
+            root = tmp
+            # In a child process, so that generating it does not count in this process's RSS.
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rate = pool.submit(_make_synthetic, root, args.episodes, args.frames, args.image_encoding).result()
+            print(f"synthetic dataset: {args.episodes} episodes x {args.frames} frames, 2 cameras 224x224 "
+                  f"({args.image_encoding}), 14 joints; materialised at {rate:.0f} frames/s")
+        dataset = open_dataset(args.name, root)
+        spec = dataset.spec
+        present = {dt for r in spec.robots.values() for dt in r}
+        in_types = [dt for dt in (DataType.JOINT_POSITIONS, DataType.RGB_IMAGES) if dt.value in present]
+        out_type = next((dt for dt in (DataType.JOINT_TARGET_POSITIONS, DataType.JOINT_POSITIONS)
+                         if dt.value in present), None)
+        if not in_types or out_type is None:
+            raise ConfigError(f"dataset {args.name!r} has no JOINT_POSITIONS/RGB_IMAGES inputs or joint outputs")
+        inputs = resolve_features(spec, in_types, None, "input_data_types")
+        outputs = resolve_features(spec, [out_type], None, "output_data_types")
+        windows = WindowDataset(dataset, inputs, outputs, range(len(spec.episodes)), 1, args.horizon)
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        shapes = {k: tuple(v.shape) for k, v in windows[0]["inputs"].items()}
+        print(f"{args.name}: {len(windows)} windows, inputs {shapes}, horizon {args.horizon}, "
+              f"batch {args.batch_size}, torch threads {torch.get_num_threads()}")
+        for workers in worker_counts:
+            loader = torch.utils.data.DataLoader(
+                windows, batch_size=args.batch_size, num_workers=workers,
+                sampler=torch.utils.data.RandomSampler(windows, replacement=True,
+                                                       num_samples=args.batch_size * (args.batches + 3),
+                                                       generator=torch.Generator().manual_seed(0)),
+                prefetch_factor=4 if workers else None,
+            )
+            it = iter(loader)
+            for _ in range(3):  # warm-up: worker start
+                next(it)
+            start = time.perf_counter()
+            n = 0
+            measure = 0.0
+            peak = np.zeros(3)
+            for i, batch in enumerate(it):
+                n += len(batch["is_pad"])
+                if i % 5 == 0:  # reading smaps costs milliseconds: sample, and keep it out of the timing
+                    t = time.perf_counter()
+                    peak = np.maximum(peak, _memory_mb())
+                    measure += time.perf_counter() - t
+            seconds = time.perf_counter() - start - measure
+            print(f"workers={workers}: {n / seconds:8.1f} samples/s  ({n} samples in {seconds:.2f} s)  "
+                  f"peak RSS {peak[0]:.0f} MB (PSS main {peak[1]:.0f} MB + workers {peak[2]:.0f} MB)")
+            del it, loader
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0

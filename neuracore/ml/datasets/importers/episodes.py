@@ -1,0 +1,143 @@
+"""`episodes` importer: a folder of your own recordings, streams at any rate, one folder per episode.
+
+Layout (episodes in folder-name order; `npz` files are read with `allow_pickle=False`)::
+
+    my_recordings/
+      ep_000/
+        episode.json   {"robot": "arm_a", "language": "pick up the cube",
+                        "streams": {"joints": {"data_type": "JOINT_POSITIONS", "items": ["j0", "j1"]},
+                                    "target": {"data_type": "JOINT_TARGET_POSITIONS", "items": ["j0", "j1"]},
+                                    "wrist":  {"data_type": "RGB_IMAGES", "items": ["wrist"]}}}
+        joints.npz     timestamps [N] (seconds, increasing), values [N, len(items) * width]
+        target.npz     timestamps [M], values [M, 2]
+        wrist.npz      timestamps [K], values [K, H, W, 3] uint8 (depth: [K, H, W, 1] float)
+      ep_001/ ...
+
+Every stream is resampled to `--frequency` Hz by previous-sample hold: a frame takes a stream's
+latest sample at or before its time if that sample is at most `--max-delay-s` old (default
+2 / frequency). Episodes start when every stream has started and are trimmed at the end where
+a stream stops; a longer gap inside an episode is an error (or a skipped episode). Different
+episodes may name different robots with different items (one dataset, several robots).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.errors import ConfigError, DatasetError
+from neuracore.ml.datasets.importers.common import (
+    LANGUAGE_ITEM,
+    ImportOptions,
+    ImportPlan,
+    synchronize,
+)
+from neuracore.ml.datasets.materialize import DatasetLayout, Episode, EpisodeSource
+
+EPISODE_FILE = "episode.json"
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    path = folder / EPISODE_FILE
+    try:
+        meta = json.loads(path.read_text())
+        streams = meta["streams"]
+        if not isinstance(streams, dict) or not streams:
+            raise ValueError("'streams' must be a non-empty mapping")
+        for name, s in streams.items():
+            DataType.parse(s["data_type"], f"{path}: stream {name!r}")
+            if not isinstance(s["items"], list) or not s["items"]:
+                raise ValueError(f"stream {name!r}: 'items' must be a non-empty list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DatasetError(f"{path}: unreadable episode description ({type(exc).__name__}: {exc})") from None
+    return meta
+
+
+def _values_shape(path: Path) -> list[int]:
+    """Shape of `values` in an npz without reading the array."""
+    try:
+        with zipfile.ZipFile(path) as z, z.open("values.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(f)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: unreadable stream file (needs 'timestamps' and 'values': {exc})") from None
+    return list(shape)
+
+
+def _load_stream(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return z["timestamps"], z["values"]
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{path}: unreadable stream file (needs 'timestamps' and 'values': {exc})") from None
+
+
+def _load(folder: str, frequency: float, max_delay_s: float, language: str | None) -> Episode:
+    """Read, check and resample one episode folder; runs in a worker process."""
+    path = Path(folder)
+    meta = _read_meta(path)
+    where = path.name
+    streams = {name: _load_stream(path / f"{name}.npz") for name in meta["streams"]}
+    synced = synchronize(streams, frequency, max_delay_s, where)
+    data: dict[DataType, dict[str, np.ndarray]] = {}
+    for name, s in meta["streams"].items():
+        dt = DataType.parse(s["data_type"])
+        values = synced[name]
+        if dt.modality == Modality.VECTOR:
+            values = values.reshape(len(values), -1)
+            width = len(s["items"]) * dt.item_width
+            if values.shape[1] != width:
+                raise DatasetError(f"{where}: stream {name!r} has {values.shape[1]} values per frame, expected "
+                                   f"{width} ({', '.join(s['items'])})")
+            w = dt.item_width
+            for j, item in enumerate(s["items"]):
+                data.setdefault(dt, {})[item] = values[:, j * w:(j + 1) * w] if w > 1 else values[:, j]
+        else:
+            data.setdefault(dt, {})[s["items"][0]] = values
+    return Episode(robot=str(meta.get("robot", "robot")), data=data, language=meta.get("language") or language)
+
+
+def plan(path: Path, options: ImportOptions) -> ImportPlan:
+    """Scan every `episode.json` (small) to declare robots, items and image shapes up front."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder of episode folders")
+    if options.mapping:
+        raise ConfigError("--map: the episodes importer takes data types from each episode.json")
+    if not options.frequency:
+        raise ConfigError("--frequency: required for the episodes importer (the rate to resample every stream to)")
+    folders = sorted(p for p in root.iterdir() if (p / EPISODE_FILE).is_file())
+    if not folders:
+        raise DatasetError(f"{root}: no <episode>/{EPISODE_FILE} folders")
+    robots: dict[str, dict[DataType, list[str]]] = {}
+    shapes: dict[DataType, dict[str, list[int]]] = {}
+    has_language = options.language is not None
+    for folder in folders:
+        meta = _read_meta(folder)
+        robot = robots.setdefault(str(meta.get("robot", "robot")), {})
+        has_language |= bool(meta.get("language"))
+        for name, s in meta["streams"].items():
+            dt = DataType.parse(s["data_type"])
+            if dt.modality == Modality.LANGUAGE:
+                raise DatasetError(f"{folder / EPISODE_FILE}: stream {name!r}: give language as \"language\"")
+            items = robot.setdefault(dt, [])
+            items.extend(i for i in s["items"] if i not in items)
+            if dt.modality != Modality.VECTOR and s["items"][0] not in shapes.get(dt, {}):
+                shapes.setdefault(dt, {})[s["items"][0]] = _values_shape(folder / f"{name}.npz")[1:]
+    if has_language:
+        for robot in robots.values():
+            robot[DataType.LANGUAGE] = [LANGUAGE_ITEM]
+    robots = {r: {dt: d[dt] for dt in DataType if dt in d} for r, d in robots.items()}
+    layout = DatasetLayout(robots=robots, item_shapes=shapes)
+    max_delay = options.max_delay_s if options.max_delay_s is not None else 2.0 / options.frequency
+    sources = [EpisodeSource(f.name, functools.partial(_load, str(f), options.frequency, max_delay, options.language))
+               for f in folders]
+    return ImportPlan(layout, sources, options.frequency, {"kind": "episodes", "path": str(root.resolve()),
+                                                           "max_delay_s": max_delay})

@@ -1,0 +1,226 @@
+"""HDF5 importer: ACT-style `episode_*.hdf5` folders and robomimic-style `data/demo_<i>` files.
+
+ACT (one file per episode): `/observations/qpos` → JOINT_POSITIONS, `/observations/qvel` →
+JOINT_VELOCITIES, `/observations/effort` → JOINT_TORQUES, `/observations/images/<camera>` →
+RGB_IMAGES, `/action` → JOINT_TARGET_POSITIONS; items are `joint_<i>` (`action_<i>` for
+actions whose width differs from qpos). Default rate 50 Hz.
+
+robomimic (one file, `data/demo_<i>/obs/<key>` and `data/demo_<i>/actions`): `*_joint_pos` →
+JOINT_POSITIONS, `*_joint_vel` → JOINT_VELOCITIES, `*_eef_pos` + `*_eef_quat` →
+END_EFFECTOR_POSES (xyz + quaternion as stored, xyzw), `*_gripper_qpos` →
+PARALLEL_GRIPPER_OPEN_AMOUNTS, `*_image` → RGB_IMAGES, `*_depth` → DEPTH_IMAGES, `actions` →
+JOINT_TARGET_POSITIONS (`action_<i>`), any other obs key → CUSTOM_1D (`<key>_<i>`). Default 20 Hz.
+
+`--map` keys are paths inside an episode (`observations/qpos`, `obs/object`, `actions`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.errors import DatasetError
+from neuracore.ml.datasets.importers.common import (
+    Field,
+    ImportOptions,
+    ImportPlan,
+    build_layout,
+    check_mapping_keys,
+    default_robot,
+    episode_from_arrays,
+)
+from neuracore.ml.datasets.materialize import Episode, EpisodeSource
+
+ACT_FREQUENCY = 50.0
+ROBOMIMIC_FREQUENCY = 20.0
+_ACT_KEYS = {
+    "observations/qpos": DataType.JOINT_POSITIONS,
+    "observations/qvel": DataType.JOINT_VELOCITIES,
+    "observations/effort": DataType.JOINT_TORQUES,
+    "action": DataType.JOINT_TARGET_POSITIONS,
+}
+
+
+def _open(path: Path) -> Any:
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DatasetError(f"{path}: unreadable HDF5 file (truncated or not HDF5: {exc})") from None
+
+
+def _read(group: Any, key: str, where: str) -> np.ndarray:
+    try:
+        return group[key][()]
+    except (OSError, KeyError, ValueError) as exc:
+        raise DatasetError(f"{where}: cannot read {key!r} ({type(exc).__name__}: {exc})") from None
+
+
+def _natural_key(path: Path | str) -> tuple[Any, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path)))
+
+
+def _keys(group: Any, prefix: str = "") -> list[str]:
+    """Paths of every dataset under `group`."""
+    out: list[str] = []
+    for name, node in group.items():
+        if hasattr(node, "keys"):
+            out.extend(_keys(node, f"{prefix}{name}/"))
+        else:
+            out.append(f"{prefix}{name}")
+    return out
+
+
+def _vector_items(data_type: DataType, key: str, width: int, joints: int | None) -> list[str]:
+    if data_type.item_width > 1:
+        return [f"{key.rsplit('/', 1)[-1]}_{i}" for i in range(width // data_type.item_width)]
+    if data_type in (DataType.JOINT_POSITIONS, DataType.JOINT_VELOCITIES, DataType.JOINT_TORQUES) or (
+        data_type == DataType.JOINT_TARGET_POSITIONS and width == joints
+    ):
+        return [f"joint_{i}" for i in range(width)]
+    stem = "action" if key.endswith(("action", "actions")) else key.rsplit("/", 1)[-1]
+    return [f"{stem}_{i}" for i in range(width)]
+
+
+def _fields(group: Any, defaults: dict[str, DataType], options: ImportOptions, where: str) -> list[Field]:
+    """Fields of one episode group: defaults for the layout, overridden by `--map`."""
+    keys = _keys(group)
+    check_mapping_keys(options.mapping, keys, where)
+    chosen = {**defaults, **options.mapping}
+    qpos = group["observations/qpos"].shape[-1] if "observations/qpos" in group else None
+    fields: list[Field] = []
+    for key in keys:
+        dt = chosen.get(key)
+        if dt is None:
+            continue
+        shape = list(group[key].shape[1:])
+        if dt.modality == Modality.VECTOR:
+            width = int(np.prod(shape)) if shape else 1
+            if width % dt.item_width:
+                raise DatasetError(f"{where}: {key!r} has {width} values per frame, not a multiple of "
+                                   f"{dt.item_width} for {dt.value}")
+            fields.append(Field(key, dt, _vector_items(dt, key, width, qpos)))
+        elif dt.modality == Modality.IMAGE:
+            if len(shape) == 2:
+                shape = [*shape, 1]
+            fields.append(Field(key, dt, [key.rsplit("/", 1)[-1].removesuffix("_image").removesuffix("_depth")],
+                                shape))
+        else:
+            raise DatasetError(f"{where}: {key!r} cannot be imported as {dt.value}")
+    return fields
+
+
+def _act_defaults(group: Any) -> dict[str, DataType]:
+    out = {k: v for k, v in _ACT_KEYS.items() if k in group}
+    if "observations/images" in group:
+        for cam in group["observations/images"]:
+            out[f"observations/images/{cam}"] = DataType.RGB_IMAGES
+    return out
+
+
+def _robomimic_defaults(group: Any) -> dict[str, DataType]:
+    out: dict[str, DataType] = {}
+    for key in group.get("obs", {}):
+        if key.endswith("_image"):
+            dt = DataType.RGB_IMAGES
+        elif key.endswith("_depth"):
+            dt = DataType.DEPTH_IMAGES
+        elif key.endswith("_joint_pos"):
+            dt = DataType.JOINT_POSITIONS
+        elif key.endswith("_joint_vel"):
+            dt = DataType.JOINT_VELOCITIES
+        elif key.endswith("_gripper_qpos"):
+            dt = DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS
+        elif key.endswith(("_eef_pos", "_eef_quat")):
+            continue  # joined into one END_EFFECTOR_POSES item below
+        else:
+            dt = DataType.CUSTOM_1D
+        out[f"obs/{key}"] = dt
+    if "actions" in group:
+        out["actions"] = DataType.JOINT_TARGET_POSITIONS
+    return out
+
+
+def _eef_pairs(group: Any) -> list[str]:
+    """robomimic prefixes with both `<p>eef_pos` and `<p>eef_quat` observations."""
+    obs = group.get("obs", {})
+    return [k[: -len("eef_pos")] for k in obs if k.endswith("eef_pos") and f"{k[:-3]}quat" in obs]
+
+
+def _load(path: str, group_path: str, robot: str, fields: list[Field], eef: list[str], language: str | None,
+          where: str) -> Episode:
+    """Read one episode (an ACT file or a robomimic demo group); runs in a worker process."""
+    with _open(Path(path)) as f:
+        if group_path and group_path not in f:
+            raise DatasetError(f"{where}: group {group_path!r} missing")
+        group = f[group_path] if group_path else f
+        arrays: dict[str, np.ndarray] = {}
+        joined = {f"obs/{p}eef" for p in eef}
+        for fld in fields:
+            if fld.key in joined:
+                continue
+            if fld.key not in group:
+                raise DatasetError(f"{where}: {fld.data_type.value} {fld.key!r} is missing")
+            arrays[fld.key] = _read(group, fld.key, where)
+        for prefix in eef:
+            pos = _read(group, f"obs/{prefix}eef_pos", where)
+            quat = _read(group, f"obs/{prefix}eef_quat", where)
+            if len(pos) != len(quat):
+                raise DatasetError(f"{where}: obs/{prefix}eef_pos and eef_quat have {len(pos)} and {len(quat)} frames")
+            arrays[f"obs/{prefix}eef"] = np.concatenate([pos, quat], axis=-1)
+    return episode_from_arrays(robot, fields, arrays, language, where)
+
+
+def plan(path: Path, options: ImportOptions) -> ImportPlan:
+    """Inspect `path` (a folder of ACT episodes, one ACT episode or a robomimic file)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("episode_*.hdf5"), key=_natural_key) or sorted(
+            path.glob("*.hdf5"), key=_natural_key
+        )
+        if not files:
+            raise DatasetError(f"{path}: no episode_*.hdf5 files")
+        style = "act"
+    elif path.is_file():
+        files = [path]
+        with _open(path) as f:
+            style = "robomimic" if "data" in f and hasattr(f["data"], "keys") else "act"
+    else:
+        raise DatasetError(f"{path}: no such file or folder")
+
+    with _open(files[0]) as f:
+        if style == "act":
+            defaults = _act_defaults(f)
+            fields = _fields(f, defaults, options, str(files[0]))
+            eef: list[str] = []
+            attrs_language = None
+            demos: list[tuple[str, str, str]] = [(str(p), "", p.name) for p in files]
+            frequency = options.frequency or ACT_FREQUENCY
+        else:
+            names = sorted((k for k in f["data"] if k.startswith("demo")), key=_natural_key)
+            if not names:
+                raise DatasetError(f"{path}: no data/demo_<i> groups")
+            first = f[f"data/{names[0]}"]
+            defaults = _robomimic_defaults(first)
+            fields = _fields(first, defaults, options, f"{path}:data/{names[0]}")
+            eef = [p for p in _eef_pairs(first) if f"obs/{p}eef_pos" not in options.mapping]
+            fields += [Field(f"obs/{p}eef", DataType.END_EFFECTOR_POSES, [f"{p}eef"]) for p in eef]
+            attrs_language = f["data"].attrs.get("language")
+            demos = [(str(path), f"data/{n}", f"{path.name}:data/{n}") for n in names]
+            frequency = options.frequency or ROBOMIMIC_FREQUENCY
+    if not fields:
+        raise DatasetError(f"{files[0]}: nothing to import (no known keys; use --map)")
+    language = options.language or (str(attrs_language) if attrs_language else None)
+    robot = default_robot(options, None)
+    layout = build_layout(robot, fields, language is not None)
+    sources = [
+        EpisodeSource(label, functools.partial(_load, p, g, robot, fields, eef, language, label))
+        for p, g, label in demos
+    ]
+    return ImportPlan(layout, sources, frequency, {"kind": "hdf5", "style": style, "path": str(path.resolve())})
