@@ -140,6 +140,7 @@ def autotune_batch_size(
     cpu_max_step_seconds: float = 2.0,
     cpu_time_budget_s: float = 60.0,
     strategy: str = "auto",
+    start: int | None = None,
 ) -> AutotuneResult:
     """Find the per-device batch size with real training steps on real batches (see module doc).
 
@@ -158,7 +159,7 @@ def autotune_batch_size(
     saved = _snapshot(accelerator.unwrap_model(model), optimizers)
     probes: list[Probe] = []
     memory_search = strategy == "memory" or (strategy == "auto" and on_gpu)
-    search = BatchSizeSearch(start=32 if memory_search else 8, cap=cap)
+    search = BatchSizeSearch(start=start or (32 if memory_search else 8), cap=cap)
 
     def probe(size: int) -> Probe:
         """One full training step at `size`; never raises for OOM (the outcome is agreed instead)."""
