@@ -28,6 +28,15 @@ OVERFIT_STEPS = 150
 # Small widths per algorithm (keyed by registered name); unknown algorithms use their defaults.
 SMALL: dict[str, dict] = {
     "cnnmlp": {"hidden_dim": 32, "cnn_output_dim": 32, "num_layers": 1},
+    "act": {"hidden_dim": 32, "nheads": 2, "dim_feedforward": 64, "num_encoder_layers": 1, "num_vae_encoder_layers": 1,
+            "latent_dim": 4, "dropout": 0.0, "lr_backbone": 1e-4},
+    "diffusion_policy": {"unet_down_dims": [16, 32], "unet_diffusion_step_embed_dim": 16, "unet_n_groups": 4,
+                         "spatial_softmax_num_keypoints": 8, "hidden_dim": 16, "num_train_timesteps": 20,
+                         "num_inference_steps": 5, "crop_ratio": 1.0, "lr_scheduler_num_warmup_steps": 0,
+                         "prediction_type": "sample"},
+    "pi0": {"image_size": 64, "patch_size": 16, "vision_width": 32, "vision_depth": 1, "vision_mlp_dim": 64,
+            "vision_num_heads": 2, "vocab_size": 260, "vlm_width": 64, "vlm_mlp_dim": 128, "expert_width": 64,
+            "expert_mlp_dim": 128, "depth": 2, "num_heads": 2, "num_kv_heads": 1, "head_dim": 32, "max_token_len": 24},
 }
 
 ALGORITHMS = sorted(registered_algorithms())
@@ -202,8 +211,10 @@ def test_images_reach_the_backbone_imagenet_normalised(setup: Setup):
     assert seen, "the first image convolution never ran"
     x = torch.cat([s.reshape(-1, *s.shape[-3:]) for s in seen])
     assert x.dtype == torch.float32 and x.shape[1] == 3
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    # ImageNet statistics unless the model declares its own (pi0's SigLIP: mean 0.5, std 0.5).
+    image_mean, image_std = getattr(model, "image_normalization", (IMAGENET_MEAN, IMAGENET_STD))
+    mean = torch.tensor(image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(image_std).view(1, 3, 1, 1)
     unit = x * std + mean
     assert unit.min() >= -1e-5 and unit.max() <= 1 + 1e-5, "not ImageNet-normalised [0, 1] images"
     assert unit.std() > 0.02, "images reaching the backbone are (nearly) constant"

@@ -1,0 +1,340 @@
+"""pi0 (Black et al. 2024): PaliGemma prefix + Gemma action expert, flow matching over action chunks."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuracore.ml.algorithms.pi0.backbone import (
+    PaliGemmaWithExpert,
+    Pi0Sizes,
+    attention_mask_2d,
+)
+from neuracore.ml.algorithms.pi0.tokenizer import load_tokenizer
+from neuracore.ml.algorithms.pi0.weights import Layout, load_pretrained
+from neuracore.ml.core import batch as keys
+from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.model import Batch, NeuracoreModel
+from neuracore.ml.core.model_init import ModelInitDescription
+from neuracore.ml.core.normalization import Normalizer, images_to_unit_float
+from neuracore.ml.core.registry import register_algorithm
+
+logger = logging.getLogger(__name__)
+
+_VECTORS = frozenset(
+    {
+        DataType.JOINT_POSITIONS,
+        DataType.JOINT_VELOCITIES,
+        DataType.JOINT_TORQUES,
+        DataType.JOINT_TARGET_POSITIONS,
+        DataType.END_EFFECTOR_POSES,
+        DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS,
+        DataType.PARALLEL_GRIPPER_TARGET_OPEN_AMOUNTS,
+        DataType.CUSTOM_1D,
+    }
+)
+# SigLIP's preprocessing: [0, 1] → [-1, 1] (mean 0.5, std 0.5 per channel).
+SIGLIP_MEAN = (0.5, 0.5, 0.5)
+SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
+    """`[N, C, H, W]` in [0, 1] → `[N, C, size, size]`, aspect ratio kept, black padding (as openpi)."""
+    h, w = images.shape[-2:]
+    if h == size and w == size:
+        return images
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = F.interpolate(images, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return F.pad(resized.clamp(0, 1), (left, size - nw - left, top, size - nh - top), value=0.0)
+
+
+def time_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """Sine-cosine embedding of flow-matching time in [0, 1] (pi0's periods)."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device, dtype=torch.float32)  # float32: MPS has no f64
+    period = min_period * (max_period / min_period) ** fraction
+    angle = t.float()[:, None] * (2 * math.pi / period)[None]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+@register_algorithm("pi0")
+class Pi0(NeuracoreModel):
+    """Vision-language-action flow-matching policy; sizes default to the paper's (about 3.3B parameters)."""
+
+    supported_input_data_types: ClassVar[frozenset[DataType]] = _VECTORS | {DataType.RGB_IMAGES, DataType.LANGUAGE}
+    supported_output_data_types: ClassVar[frozenset[DataType]] = _VECTORS
+    default_input_data_types: ClassVar[tuple[DataType, ...]] = (
+        DataType.JOINT_POSITIONS,
+        DataType.RGB_IMAGES,
+        DataType.LANGUAGE,
+    )
+    default_output_data_types: ClassVar[tuple[DataType, ...]] = (DataType.JOINT_TARGET_POSITIONS,)
+    # Exported weights already hold the pretrained ones: never read the checkpoint again on rebuild.
+    rebuild_overrides: ClassVar[dict[str, Any]] = {"pretrained_path": None}
+    # FSDP wrap units (accelerate's TRANSFORMER_BASED_WRAP reads this when no class names are given).
+    _no_split_modules: ClassVar[list[str]] = ["JointLayer", "SiglipEncoderLayer"]
+    image_normalization: ClassVar[tuple[tuple[float, ...], tuple[float, ...]]] = (SIGLIP_MEAN, SIGLIP_STD)
+
+    def __init__(
+        self,
+        model_init_description: ModelInitDescription,
+        pretrained_path: str | None = None,
+        pretrained_layout: Layout = "auto",
+        tokenizer_path: str | None = None,
+        default_prompt: str | None = None,
+        max_state_dim: int = 32,
+        max_action_dim: int = 32,
+        max_token_len: int = 48,
+        num_inference_steps: int = 10,
+        inference_noise_seed: int | None = 0,
+        image_size: int = 224,
+        patch_size: int = 14,
+        vision_width: int = 1152,
+        vision_depth: int = 27,
+        vision_mlp_dim: int = 4304,
+        vision_num_heads: int = 16,
+        vocab_size: int = 257152,
+        vlm_width: int = 2048,
+        vlm_mlp_dim: int = 16384,
+        expert_width: int = 1024,
+        expert_mlp_dim: int = 4096,
+        depth: int = 18,
+        num_heads: int = 8,
+        num_kv_heads: int = 1,
+        head_dim: int = 256,
+        freeze_vision_encoder: bool = False,
+        train_expert_only: bool = False,
+        gradient_checkpointing: bool = False,
+        weights_dtype: Literal["float32", "bfloat16"] = "float32",
+        lr: float = 2.5e-5,
+        beta1: float = 0.9,
+        beta2: float = 0.95,
+        adam_eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 1000,
+        decay_lr: float = 2.5e-6,
+        decay_steps: int | None = None,
+    ) -> None:
+        super().__init__(model_init_description)
+        mid = model_init_description
+        self.lr, self.betas, self.adam_eps, self.weight_decay = lr, (beta1, beta2), adam_eps, weight_decay
+        self.warmup_steps, self.decay_lr, self.decay_steps = warmup_steps, decay_lr, decay_steps
+        self.horizon = mid.output_prediction_horizon
+        self.max_state_dim, self.max_action_dim, self.max_token_len = max_state_dim, max_action_dim, max_token_len
+        self.num_inference_steps, self.inference_noise_seed = num_inference_steps, inference_noise_seed
+        self.image_size = image_size
+
+        self.state_types = [dt for dt in mid.inputs if dt.modality == Modality.VECTOR]
+        self.output_types = list(mid.outputs)
+        self.output_dims = [mid.outputs[dt].dim for dt in self.output_types]
+        state_dim = sum(mid.inputs[dt].dim for dt in self.state_types)
+        if state_dim > max_state_dim:
+            raise ConfigError(f"algorithm.max_state_dim={max_state_dim}: the input vectors have {state_dim} values")
+        if sum(self.output_dims) > max_action_dim:
+            raise ConfigError(
+                f"algorithm.max_action_dim={max_action_dim}: the outputs have {sum(self.output_dims)} values"
+            )
+        self.input_norms = nn.ModuleDict({dt.value: Normalizer(mid.inputs[dt]) for dt in self.state_types})
+        self.output_norms = nn.ModuleDict({dt.value: Normalizer(mid.outputs[dt]) for dt in self.output_types})
+        self.num_cameras = len(mid.inputs[DataType.RGB_IMAGES].items) if DataType.RGB_IMAGES in mid.inputs else 0
+
+        self.uses_language = DataType.LANGUAGE in mid.inputs
+        self.default_prompt = default_prompt or mid.default_language or "perform the task"
+        if not self.uses_language:
+            logger.info("pi0: the data spec has no LANGUAGE; every sample is prompted with %r", self.default_prompt)
+        self.tokenizer = load_tokenizer(tokenizer_path, vocab_size)
+        if pretrained_path is not None and tokenizer_path is None:
+            raise ConfigError(
+                "algorithm.tokenizer_path: needed with algorithm.pretrained_path (the checkpoint's token ids)"
+            )
+
+        sizes = Pi0Sizes(
+            vision_width=vision_width, vision_depth=vision_depth, vision_mlp_dim=vision_mlp_dim,
+            vision_num_heads=vision_num_heads, patch_size=patch_size, image_size=image_size,
+            vocab_size=vocab_size, vlm_width=vlm_width, vlm_mlp_dim=vlm_mlp_dim, expert_width=expert_width,
+            expert_mlp_dim=expert_mlp_dim, depth=depth, num_heads=num_heads, num_kv_heads=num_kv_heads,
+            head_dim=head_dim,
+        )  # fmt: skip
+        if image_size % patch_size:
+            raise ConfigError(f"algorithm.image_size={image_size}: not a multiple of patch_size={patch_size}")
+        self.backbone = PaliGemmaWithExpert(sizes)
+        self.state_proj = nn.Linear(max_state_dim, expert_width)
+        self.action_in_proj = nn.Linear(max_action_dim, expert_width)
+        self.action_time_mlp_in = nn.Linear(2 * expert_width, expert_width)
+        self.action_time_mlp_out = nn.Linear(expert_width, expert_width)
+        self.action_out_proj = nn.Linear(expert_width, max_action_dim)
+
+        if pretrained_path is not None:
+            load_pretrained(self, pretrained_path, pretrained_layout)
+        else:
+            logger.info("pi0: algorithm.pretrained_path is null, so the model starts from random weights")
+        if weights_dtype == "bfloat16":
+            # Normalisation statistics stay float32; the transformers and projections go to bf16.
+            for module in (self.backbone, self.state_proj, self.action_in_proj, self.action_time_mlp_in,
+                           self.action_time_mlp_out, self.action_out_proj):  # fmt: skip
+                module.to(torch.bfloat16)
+        if train_expert_only:
+            for module in (self.backbone.vision, self.backbone.projector, *self.backbone.vlm_modules()):
+                module.requires_grad_(False)
+        elif freeze_vision_encoder:
+            self.backbone.vision.requires_grad_(False)
+        self.backbone.set_gradient_checkpointing(gradient_checkpointing)
+
+    # ----- inputs -------------------------------------------------------------------------------
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.state_proj.weight.dtype
+
+    def _prefix(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and language embeddings `[B, P, vlm_width]` and their real-token mask `[B, P]`."""
+        inputs = batch[keys.INPUTS]
+        device = self.state_proj.weight.device
+        parts, pads = [], []
+        if self.num_cameras:
+            images = images_to_unit_float(inputs[DataType.RGB_IMAGES.value][:, -1])  # [B, N, C, H, W]
+            b, n = images.shape[:2]
+            pixels = resize_with_pad(images.flatten(0, 1), self.image_size) * 2.0 - 1.0  # SigLIP: [-1, 1]
+            emb = self.backbone.embed_images(pixels)
+            emb = emb.view(b, n * emb.shape[1], emb.shape[2])
+            cam_mask = batch[keys.INPUT_MASKS][DataType.RGB_IMAGES.value] > 0  # a camera the robot lacks
+            parts.append(emb)
+            pads.append(cam_mask.repeat_interleave(emb.shape[1] // n, dim=1))
+            batch_size = b
+        else:
+            batch_size = self._batch_size(batch)
+        prompts = list(batch[keys.LANGUAGE]) if self.uses_language else [self.default_prompt] * batch_size
+        ids, mask = self.tokenizer(prompts, self.max_token_len)
+        parts.append(self.backbone.embed_language(ids.to(device)).to(self._dtype))
+        pads.append(mask.to(device))
+        return torch.cat([p.to(self._dtype) for p in parts], 1), torch.cat(pads, 1)
+
+    def _batch_size(self, batch: Batch) -> int:
+        tensors = list(batch[keys.INPUTS].values()) or [batch[keys.IS_PAD]]
+        return int(tensors[0].shape[0]) if tensors else len(batch[keys.LANGUAGE])
+
+    def _state(self, batch: Batch, batch_size: int) -> torch.Tensor:
+        """Normalised, item-masked state padded to `[B, max_state_dim]`."""
+        device = self.state_proj.weight.device
+        parts = [
+            self.input_norms[dt.value].normalize(batch[keys.INPUTS][dt.value][:, -1])
+            * batch[keys.INPUT_MASKS][dt.value]
+            for dt in self.state_types
+        ]
+        state = torch.cat(parts, -1) if parts else torch.zeros(batch_size, 0, device=device)
+        return F.pad(state, (0, self.max_state_dim - state.shape[-1]))
+
+    def _suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """State token + noisy-action tokens fused with the time embedding: `[B, 1 + H, expert_width]`."""
+        dtype = self._dtype
+        state_token = self.state_proj(state.to(dtype))[:, None]
+        actions = self.action_in_proj(x_t.to(dtype))
+        time = time_embedding(t, actions.shape[-1]).to(dtype)[:, None].expand_as(actions)
+        fused = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(torch.cat([actions, time], -1))))
+        return torch.cat([state_token, fused], 1)
+
+    def _suffix_blocks(self, batch_size: int, device: torch.device) -> torch.Tensor:
+        """State starts a block, the action chunk starts the next (bidirectional inside)."""
+        blocks = torch.zeros(batch_size, 1 + self.horizon, dtype=torch.bool, device=device)
+        blocks[:, :2] = True
+        return blocks
+
+    def _velocity(
+        self, prefix: torch.Tensor, prefix_pad: torch.Tensor, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """One joint forward pass over prefix and suffix (training)."""
+        suffix = self._suffix(state, x_t, t)
+        b = suffix.shape[0]
+        pad = torch.cat([prefix_pad, torch.ones(b, suffix.shape[1], dtype=torch.bool, device=suffix.device)], 1)
+        blocks = torch.cat([torch.zeros_like(prefix_pad), self._suffix_blocks(b, suffix.device)], 1)
+        mask = attention_mask_2d(pad, blocks)
+        positions = torch.cumsum(pad.long(), 1) - 1
+        out, _ = self.backbone(prefix, suffix, mask, positions)
+        return self.action_out_proj(out[:, 1:]).float()
+
+    def _targets(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised actions padded to `[B, H, max_action_dim]` and the per-value loss weight."""
+        actions, weights = [], []
+        valid = (~batch[keys.IS_PAD]).unsqueeze(-1).float()
+        for dt in self.output_types:
+            actions.append(self.output_norms[dt.value].normalize(batch[keys.OUTPUTS][dt.value]))
+            weights.append(valid * batch[keys.OUTPUT_MASKS][dt.value].unsqueeze(1))
+        pad = self.max_action_dim - sum(self.output_dims)
+        return F.pad(torch.cat(actions, -1), (0, pad)), F.pad(torch.cat(weights, -1), (0, pad))
+
+    # ----- training and inference ---------------------------------------------------------------
+
+    def training_step(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Flow-matching MSE between predicted and true velocity, masked by is_pad and item masks."""
+        actions, weight = self._targets(batch)
+        b = actions.shape[0]
+        noise = torch.randn_like(actions)
+        beta = torch.distributions.Beta(torch.tensor(1.5, device=actions.device), torch.tensor(1.0, device=actions.device))
+        t = beta.sample((b,)) * 0.999 + 0.001  # t=1 is pure noise; Beta(1.5, 1) favours noisy times
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        prefix, prefix_pad = self._prefix(batch)
+        v = self._velocity(prefix, prefix_pad, self._state(batch, b), x_t, t)
+        err = (v - (noise - actions)).pow(2) * weight
+        loss = err.sum() / weight.sum().clamp_min(1.0)
+        return {"loss": loss, "flow_mse": loss.detach()}
+
+    def _initial_noise(self, b: int, device: torch.device) -> torch.Tensor:
+        shape = (self.horizon, self.max_action_dim)
+        if self.inference_noise_seed is None:
+            return torch.randn(b, *shape, device=device)
+        # The same start for every sample: a chunk depends on its observation only, not on the batch.
+        generator = torch.Generator().manual_seed(self.inference_noise_seed)
+        return torch.randn(shape, generator=generator).to(device).expand(b, *shape).clone()
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Integrate the velocity field from noise (t=1) to actions (t=0) in `num_inference_steps` Euler steps."""
+        prefix, prefix_pad = self._prefix(batch)
+        b, p = prefix_pad.shape
+        device = prefix.device
+        state = self._state(batch, b)
+        # The prefix is encoded once; each step runs only the suffix against its cached keys/values.
+        prefix_mask = attention_mask_2d(prefix_pad, torch.zeros_like(prefix_pad))
+        _, cache = self.backbone(prefix, None, prefix_mask, torch.cumsum(prefix_pad.long(), 1) - 1)
+        s = 1 + self.horizon
+        pad = torch.cat([prefix_pad, torch.ones(b, s, dtype=torch.bool, device=device)], 1)
+        blocks = torch.cat([torch.zeros_like(prefix_pad), self._suffix_blocks(b, device)], 1)
+        mask = attention_mask_2d(pad, blocks)[:, p:]
+        positions = (torch.cumsum(pad.long(), 1) - 1)[:, p:]
+        x = self._initial_noise(b, device)
+        dt = -1.0 / self.num_inference_steps
+        for step in range(self.num_inference_steps):
+            t = torch.full((b,), 1.0 + step * dt, device=device)
+            out, _ = self.backbone(None, self._suffix(state, x, t), mask, positions, past=cache)
+            x = x + dt * self.action_out_proj(out[:, 1:]).float()
+        chunks = torch.split(x[..., : sum(self.output_dims)], self.output_dims, dim=-1)
+        return {dt_.value: self.output_norms[dt_.value].unnormalize(c) for dt_, c in zip(self.output_types, chunks)}
+
+    # ----- optimisation -------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """AdamW over trainable parameters only (frozen ones get no optimizer state)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.adam_eps, weight_decay=self.weight_decay)]
+
+    def configure_schedulers(
+        self, optimizers: list[torch.optim.Optimizer], num_training_steps: int
+    ) -> list[torch.optim.lr_scheduler.LRScheduler]:
+        """Linear warm-up to `lr`, then cosine to `decay_lr` at `decay_steps` (default: the run's length)."""
+        total = max(int(self.decay_steps or num_training_steps), self.warmup_steps + 1)
+        warmup, floor = self.warmup_steps, self.decay_lr / self.lr
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / (total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
