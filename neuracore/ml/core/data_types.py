@@ -63,14 +63,28 @@ _MODALITY = {
     DataType.LANGUAGE: Modality.LANGUAGE,
 }
 
-# Types that describe what the robot should do next; used to pick defaults and to
-# document what "action-like" means for algorithms.
-ACTION_LIKE = (
-    DataType.JOINT_TARGET_POSITIONS,
-    DataType.JOINT_POSITIONS,
-    DataType.JOINT_VELOCITIES,
-    DataType.PARALLEL_GRIPPER_TARGET_OPEN_AMOUNTS,
-    DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS,
-    DataType.END_EFFECTOR_POSES,
-    DataType.CUSTOM_1D,
+# Proprioceptive vector types an algorithm can take as its state input.
+STATE_LIKE = frozenset(
+    {
+        DataType.JOINT_POSITIONS,
+        DataType.JOINT_VELOCITIES,
+        DataType.JOINT_TORQUES,
+        DataType.JOINT_TARGET_POSITIONS,
+        DataType.END_EFFECTOR_POSES,
+        DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS,
+        DataType.CUSTOM_1D,
+    }
+)
+
+# Types that describe what the robot should do next (what an algorithm can predict).
+ACTION_LIKE = frozenset(
+    {
+        DataType.JOINT_TARGET_POSITIONS,
+        DataType.JOINT_POSITIONS,
+        DataType.JOINT_VELOCITIES,
+        DataType.PARALLEL_GRIPPER_TARGET_OPEN_AMOUNTS,
+        DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS,
+        DataType.END_EFFECTOR_POSES,
+        DataType.CUSTOM_1D,
+    }
 )

@@ -10,34 +10,12 @@ from torch import nn
 
 from neuracore.ml.algorithms.common.backbones import ResNetName, resnet_trunk
 from neuracore.ml.core import batch as keys
-from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.data_types import ACTION_LIKE, STATE_LIKE, DataType, Modality
 from neuracore.ml.core.model import Batch, NeuracoreModel
 from neuracore.ml.core.model_init import ModelInitDescription
 from neuracore.ml.core.normalization import ImageNetNormalize, Normalizer, images_to_unit_float
 from neuracore.ml.core.registry import register_algorithm
 
-_VECTOR_INPUTS = frozenset(
-    {
-        DataType.JOINT_POSITIONS,
-        DataType.JOINT_VELOCITIES,
-        DataType.JOINT_TORQUES,
-        DataType.JOINT_TARGET_POSITIONS,
-        DataType.END_EFFECTOR_POSES,
-        DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS,
-        DataType.CUSTOM_1D,
-    }
-)
-_OUTPUTS = frozenset(
-    {
-        DataType.JOINT_TARGET_POSITIONS,
-        DataType.JOINT_POSITIONS,
-        DataType.JOINT_VELOCITIES,
-        DataType.PARALLEL_GRIPPER_TARGET_OPEN_AMOUNTS,
-        DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS,
-        DataType.END_EFFECTOR_POSES,
-        DataType.CUSTOM_1D,
-    }
-)
 _POOL = 4  # feature maps are pooled to 4x4 before flattening, keeping where things are
 
 
@@ -45,8 +23,8 @@ _POOL = 4  # feature maps are pooled to 4x4 before flattening, keeping where thi
 class CNNMLP(NeuracoreModel):
     """Per-camera ResNet trunk → 1x1 conv → 4x4 pool → linear; MLP over [cameras, state] → chunk."""
 
-    supported_input_data_types: ClassVar[frozenset[DataType]] = _VECTOR_INPUTS | {DataType.RGB_IMAGES}
-    supported_output_data_types: ClassVar[frozenset[DataType]] = _OUTPUTS
+    supported_input_data_types: ClassVar[frozenset[DataType]] = STATE_LIKE | {DataType.RGB_IMAGES}
+    supported_output_data_types: ClassVar[frozenset[DataType]] = ACTION_LIKE
     default_input_data_types: ClassVar[tuple[DataType, ...]] = (DataType.JOINT_POSITIONS, DataType.RGB_IMAGES)
     default_output_data_types: ClassVar[tuple[DataType, ...]] = (DataType.JOINT_TARGET_POSITIONS,)
 

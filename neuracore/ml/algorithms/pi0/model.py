@@ -18,7 +18,7 @@ from neuracore.ml.algorithms.pi0.backbone import (
 from neuracore.ml.algorithms.pi0.tokenizer import load_tokenizer
 from neuracore.ml.algorithms.pi0.weights import Layout, load_pretrained
 from neuracore.ml.core import batch as keys
-from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.data_types import ACTION_LIKE, STATE_LIKE, DataType, Modality
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.core.model import Batch, NeuracoreModel
 from neuracore.ml.core.model_init import ModelInitDescription
@@ -27,18 +27,7 @@ from neuracore.ml.core.registry import register_algorithm
 
 logger = logging.getLogger(__name__)
 
-_VECTORS = frozenset(
-    {
-        DataType.JOINT_POSITIONS,
-        DataType.JOINT_VELOCITIES,
-        DataType.JOINT_TORQUES,
-        DataType.JOINT_TARGET_POSITIONS,
-        DataType.END_EFFECTOR_POSES,
-        DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS,
-        DataType.PARALLEL_GRIPPER_TARGET_OPEN_AMOUNTS,
-        DataType.CUSTOM_1D,
-    }
-)
+_VECTORS = STATE_LIKE | ACTION_LIKE
 # SigLIP's preprocessing: [0, 1] → [-1, 1] (mean 0.5, std 0.5 per channel).
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
