@@ -47,3 +47,17 @@ def _load_imagenet_state(url: str, name: str) -> dict[str, torch.Tensor]:
             f"not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); put the file there or set "
             "algorithm.use_pretrained_weights=false"
         ) from None
+
+
+def batchnorm_to_groupnorm(module: nn.Module, channels_per_group: int = 16) -> nn.Module:
+    """Replace every BatchNorm2d by a GroupNorm (Diffusion Policy's choice for trunks trained from scratch).
+
+    Batch statistics are noisy at small batch sizes and couple samples of a batch; GroupNorm does neither.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            groups = max(child.num_features // channels_per_group, 1)
+            setattr(module, name, nn.GroupNorm(groups, child.num_features))
+        else:
+            batchnorm_to_groupnorm(child, channels_per_group)
+    return module

@@ -1,0 +1,189 @@
+"""Training-step throughput: `tools/benchmark.py train algorithm=<name> [key=value ...]` (samples/s, fp32 and bf16).
+
+Builds the algorithm at its default config (plus `algorithm.<key>=value` overrides) for synthetic
+batches of real shapes — by default one 224x224 camera and 14-dim state/action — and times full
+training steps (forward, backward, optimizer step, EMA hook) after warm-up. CNNMLP is measured in
+the same process as the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from neuracore.ml.core import batch as keys
+from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.model import build_model
+from neuracore.ml.core.model_init import FeatureSpec, ModelInitDescription
+from neuracore.ml.core.registry import get_algorithm
+
+BASELINE = "cnnmlp"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """CLI options of `tools/benchmark.py train`."""
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="algorithm=<name> (required), algorithm.<hyper-parameter>=<value>, and shape keys "
+                             "such as batch_size=256 (same as the options)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--cameras", type=int, default=1)
+    parser.add_argument("--state-dim", type=int, default=14)
+    parser.add_argument("--action-dim", type=int, default=14)
+    parser.add_argument("--horizon", type=int, default=100, help="output_prediction_horizon")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
+    parser.add_argument("--no-baseline", action="store_true", help=f"skip the {BASELINE} comparison")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both",
+                        help="fp32, bf16 autocast, or both (bf16 only where the device supports it)")
+
+
+_SHAPE_KEYS = ("batch_size", "image_size", "cameras", "state_dim", "action_dim", "horizon", "steps", "warmup")
+
+
+def _parse_overrides(items: list[str], args: argparse.Namespace | None = None) -> tuple[str, dict[str, Any]]:
+    """`algorithm=<name>`, `algorithm.<key>=<value>` and shape keys (`batch_size=256`) → (name, hyper)."""
+    import yaml
+
+    name, hyper = None, {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{item!r}: expected key=value (e.g. algorithm=act or algorithm.hidden_dim=256)")
+        parsed = yaml.safe_load(value)
+        if key == "algorithm":
+            name = str(parsed)
+        elif key.startswith("algorithm."):
+            hyper[key.split(".", 1)[1]] = parsed
+        elif key in _SHAPE_KEYS and args is not None:
+            if not isinstance(parsed, int) or parsed < 0:
+                raise ConfigError(f"{key}={value!r}: expected a non-negative integer")
+            setattr(args, key, parsed)
+        else:
+            raise ConfigError(
+                f"{key}: unknown benchmark key; valid: algorithm, algorithm.<hyper-parameter>, {', '.join(_SHAPE_KEYS)}"
+            )
+    if name is None:
+        raise ConfigError("algorithm: missing; e.g. `tools/benchmark.py train algorithm=act`")
+    return name, hyper
+
+
+def model_init(args: argparse.Namespace, history: int = 1) -> ModelInitDescription:
+    """A data spec of the benchmark's shapes with unit statistics."""
+    def vector(dt: DataType, dim: int) -> FeatureSpec:
+        return FeatureSpec(dt, [f"j{i}" for i in range(dim)], [1],
+                           {"mean": [0.0] * dim, "std": [1.0] * dim, "min": [-1.0] * dim, "max": [1.0] * dim})
+
+    inputs = {DataType.JOINT_POSITIONS: vector(DataType.JOINT_POSITIONS, args.state_dim)}
+    if args.cameras:
+        inputs[DataType.RGB_IMAGES] = FeatureSpec(
+            DataType.RGB_IMAGES, [f"cam{i}" for i in range(args.cameras)], [3, args.image_size, args.image_size]
+        )
+    outputs = {DataType.JOINT_TARGET_POSITIONS: vector(DataType.JOINT_TARGET_POSITIONS, args.action_dim)}
+    return ModelInitDescription(inputs, outputs, args.horizon)
+
+
+def synthetic_batch(mid: ModelInitDescription, batch: int, history: int, device: torch.device) -> dict[str, Any]:
+    """A batch of the real layout: uint8 images, float vectors, masks, is_pad."""
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, Any] = {keys.INPUTS: {}, keys.INPUT_MASKS: {}, keys.OUTPUTS: {}, keys.OUTPUT_MASKS: {}}
+    for dt, f in mid.inputs.items():
+        if dt.modality == Modality.IMAGE:
+            out[keys.INPUTS][dt.value] = torch.randint(0, 256, (batch, history, len(f.items), *f.shape), generator=g,
+                                                       dtype=torch.uint8)
+            out[keys.INPUT_MASKS][dt.value] = torch.ones(batch, len(f.items))
+        else:
+            out[keys.INPUTS][dt.value] = torch.randn(batch, history, f.dim, generator=g)
+            out[keys.INPUT_MASKS][dt.value] = torch.ones(batch, f.dim)
+    for dt, f in mid.outputs.items():
+        out[keys.OUTPUTS][dt.value] = torch.randn(batch, mid.output_prediction_horizon, f.dim, generator=g)
+        out[keys.OUTPUT_MASKS][dt.value] = torch.ones(batch, f.dim)
+    out[keys.IS_PAD] = torch.zeros(batch, mid.output_prediction_horizon, dtype=torch.bool)
+    out[keys.IS_PAD][:, -mid.output_prediction_horizon // 10 :] = True
+    return _to(out, device)
+
+
+def _to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: torch.device,
+            dtype: torch.dtype | None) -> dict[str, float]:
+    """Median samples/s and peak memory of full training steps of `name`."""
+    cls = get_algorithm(name)
+    history = max(int(getattr(cls, "observation_history", 1)), 1)
+    mid = model_init(args)
+    torch.manual_seed(0)
+    params = {"use_pretrained_weights": False, **hyper} if "use_pretrained_weights" in cls.hyperparameter_defaults() \
+        else dict(hyper)
+    model = build_model(cls, mid, params).to(device).train()
+    optimizers = model.configure_optimizers()
+    step_model = torch.compile(model) if args.compile else model
+    batch = synthetic_batch(mid, args.batch_size, history, device)
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.warmup + args.steps):
+        _sync(device)
+        start = time.perf_counter()
+        with autocast:
+            loss = step_model(batch)["loss"]
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        model.on_optimizer_step(i + 1)
+        _sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    median = statistics.median(times)
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "step_ms": median * 1e3,
+            "samples_per_s": args.batch_size / median, "peak_gib": peak}
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print samples/s of the chosen algorithm (and the CNNMLP baseline) in fp32 and bf16 autocast."""
+    name, hyper = _parse_overrides(args.overrides, args)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precisions: list[tuple[str, torch.dtype | None]] = []
+    if args.precision in ("both", "fp32"):
+        precisions.append(("fp32", None))
+    if args.precision in ("both", "bf16") and _bf16_supported(device):
+        precisions.append(("bf16", torch.bfloat16))
+    print(f"device={device} batch={args.batch_size} cameras={args.cameras} image={args.image_size} "
+          f"state={args.state_dim} action={args.action_dim} horizon={args.horizon} steps={args.steps} (median)")
+    for label, dtype in precisions:
+        result = measure(name, hyper, args, device, dtype)
+        line = (f"{name} {label}: {result['samples_per_s']:.5g} samples/s ({result['step_ms']:.5g} ms/step), "
+                f"{result['params_m']:.1f}M params, peak memory {result['peak_gib']:.2f} GiB")
+        if not args.no_baseline and name != BASELINE:
+            base = measure(BASELINE, {}, args, device, dtype)
+            ratio = result["samples_per_s"] / base["samples_per_s"]
+            line += f"; {BASELINE} {base['samples_per_s']:.5g} samples/s, ratio {ratio:.3g}x"
+        print(line, flush=True)
+    return 0

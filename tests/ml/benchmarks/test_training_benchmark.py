@@ -1,0 +1,55 @@
+"""`tools/benchmark.py train`: samples/s of full training steps, fp32 and bf16, with the CNNMLP ratio."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import pytest
+
+from neuracore.ml.benchmarks import training
+from neuracore.ml.core.errors import ConfigError
+
+TINY_ACT = ["algorithm.hidden_dim=32", "algorithm.nheads=2", "algorithm.dim_feedforward=64",
+            "algorithm.num_encoder_layers=1", "algorithm.num_vae_encoder_layers=1"]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    training.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_prints_samples_per_second_in_fp32_and_bf16_with_the_cnnmlp_ratio(capsys: pytest.CaptureFixture[str]):
+    args = parse(["algorithm=act", "batch_size=2", "image_size=32", "horizon=4", "steps=1", "warmup=1", *TINY_ACT,
+                  "--device", "cpu"])
+    assert training.run(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("device=cpu batch=2 cameras=1 image=32 state=14 action=14 horizon=4")
+    pattern = re.compile(r"^act (fp32|bf16): ([\d.]+) samples/s \(([\d.]+) ms/step\), ([\d.]+)M params, peak memory "
+                         r"\S+ GiB; cnnmlp ([\d.]+) samples/s, ratio ([\d.]+)x$")
+    matches = [pattern.match(line) for line in out[1:]]
+    assert [m.group(1) for m in matches if m] == ["fp32", "bf16"], out
+    for m in matches:
+        samples, ms = float(m.group(2)), float(m.group(3))
+        assert samples > 0 and samples == pytest.approx(2 / (ms / 1000), rel=0.002)
+        assert float(m.group(6)) == pytest.approx(samples / float(m.group(5)), rel=0.01)
+
+
+def test_diffusion_policy_gets_two_observation_frames(capsys: pytest.CaptureFixture[str]):
+    args = parse(["algorithm=diffusion_policy", "batch_size=2", "image_size=32", "horizon=6", "steps=1", "warmup=1",
+                  "algorithm.unet_down_dims=[16,32]", "algorithm.unet_n_groups=4", "--no-baseline", "--device", "cpu"])
+    assert training.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("diffusion_policy fp32: ") and "cnnmlp" not in lines[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["batch_size=2"], "algorithm: missing"),
+    (["algorithm=act", "lr=1"], "lr: unknown benchmark key"),
+    (["algorithm=act", "batch_size=big"], "batch_size='big': expected a non-negative integer"),
+    (["algorithm=nope"], "algorithm='nope': unknown algorithm"),
+])
+def test_bad_arguments_are_one_line_errors(argv: list[str], message: str):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        training.run(parse(argv))
