@@ -15,3 +15,8 @@ class DatasetError(NeuracoreError):
 
 class CheckpointError(NeuracoreError):
     """A checkpoint or exported model cannot be written or loaded."""
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """`Type: message` with whitespace (newlines, tabs) collapsed, cut to `limit` characters."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:limit]}"

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import DatasetError
+from neuracore.ml.utils.hashing import update_with_file
 from neuracore.ml.utils.paths import check_name, datasets_root
 
 FORMAT_VERSION = 1
@@ -163,9 +164,7 @@ def fingerprint_files(data_dir: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(data_dir.glob("*.arrow")):
         digest.update(path.name.encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
+        update_with_file(digest, path)
     return digest.hexdigest()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -14,10 +13,11 @@ from typing import Any
 
 import safetensors.torch
 
-from neuracore.ml.core.errors import CheckpointError, NeuracoreError
+from neuracore.ml.core.errors import CheckpointError, NeuracoreError, one_line
 from neuracore.ml.core.model import NeuracoreModel, build_model
 from neuracore.ml.core.model_init import ModelInitDescription
 from neuracore.ml.core.registry import class_path, registered_algorithms
+from neuracore.ml.utils.hashing import sha256_file
 
 EXPORT_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -113,20 +113,6 @@ def export_model(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _one_line(exc: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:limit]}"
 
 
 def model_card(config: dict[str, Any]) -> str:
@@ -230,11 +216,11 @@ def load_model_folder(
         hyper.update({k: v for k, v in cls.rebuild_overrides.items() if k in hyper})
         model = build_model(cls, mid, hyper)
     except (KeyError, TypeError, ValueError, AttributeError, NeuracoreError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild {name} ({_one_line(exc)})") from None
+        raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild {name} ({one_line(exc)})") from None
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
     except Exception as exc:  # noqa: BLE001 - unreadable, corrupt or mismatched file
-        raise CheckpointError(f"{weights}: cannot load weights ({_one_line(exc)})") from None
+        raise CheckpointError(f"{weights}: cannot load weights ({one_line(exc)})") from None
     if missing or unexpected:
         raise CheckpointError(
             f"{weights}: weights do not match {name} (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.errors import ConfigError, one_line
 from neuracore.ml.storage.errors import StorageError
 from neuracore.ml.utils.paths import neuracore_home
 
@@ -33,10 +33,6 @@ def default_storage_url() -> str:
 def redact(url: str) -> str:
     """The URL without any `user:password@` part (credentials never reach messages or logs)."""
     return re.sub(r"^([a-zA-Z0-9+.-]+://)[^/@]*@", r"\1***@", url)
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
 class Store:
@@ -253,7 +249,7 @@ def storage_call(store: Store, what: str, fn: Any, *args: Any) -> Any:
     except FileNotFoundError:
         raise StorageError(f"storage {store.describe()}: {what} failed: object not found") from None
     except Exception as exc:  # noqa: BLE001 - botocore/aiohttp/OS errors of many kinds
-        raise StorageError(f"storage {store.describe()}: {what} failed ({_one_line(exc)})") from None
+        raise StorageError(f"storage {store.describe()}: {what} failed ({one_line(exc)})") from None
 
 
 def local_temp_dir(parent: Path, name: str) -> Path:

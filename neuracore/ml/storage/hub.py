@@ -50,6 +50,7 @@ from neuracore.ml.storage.names import (
     is_revision_hash,
     parse_repo,
 )
+from neuracore.ml.utils.hashing import sha256_file
 from neuracore.ml.utils.paths import neuracore_home
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,6 @@ MANIFEST_FORMAT = "neuracore-hub/1"
 # Fault injection for tests: SIGKILL this process after uploading this many blobs.
 KILL_AFTER_BLOBS_ENV = "NEURACORE_STORAGE_TEST_KILL_AFTER_BLOBS"
 _SEQ = re.compile(r"^(\d{12})\.json$")
-_BLOCK = 1 << 22
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _canonical(obj: Any) -> bytes:
