@@ -82,7 +82,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         gradient_accumulation_steps=accumulation,
     )
     if resume_path is not None:
-        trainer_state = load_checkpoint(accelerator, resume_path, trainer_state)
+        trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, accelerator.unwrap_model(model))
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, trainer_state.step,
                     trainer_state.epoch, trainer_state.batches_in_epoch)
 
@@ -129,12 +129,27 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         "batch_size": batch_size,
         "world_size": accelerator.num_processes,
     }
+    if config.compile:
+        summary["compile"] = _compile_report(model)
+        logger.info("torch.compile: %s", summary["compile"])
     logger.info(
         "done: %d steps in %.0f s (%.1f samples/s); train loss %s; validation loss %s; model at %s",
         summary["steps"], result.seconds, result.samples_per_second,
         _num(result.train_losses.get("loss")), _num(result.validation_losses.get("loss")), summary["model_dir"],
     )
     return summary
+
+
+def _compile_report(model: Any) -> dict[str, Any]:
+    """What torch.compile did in this process: whether the model is compiled, graphs and breaks."""
+    import torch._dynamo
+
+    counters = torch._dynamo.utils.counters
+    return {
+        "compiled_module": isinstance(model, torch._dynamo.eval_frame.OptimizedModule),
+        "graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+    }
 
 
 def _local_dataset_name(name: str) -> str:

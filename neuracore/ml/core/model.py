@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import inspect
+from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import torch
@@ -82,8 +83,30 @@ class NeuracoreModel(nn.Module, abc.ABC):
         params = [p for p in self.parameters() if p.requires_grad]
         return [torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)]
 
+    def export_assets(self) -> dict[str, Path]:
+        """Local folders an export must carry, keyed by the hyper-parameter that names them (default: none).
+
+        `export_model` copies each folder into `<export>/assets/<name>/` (recording every file's sha256),
+        and `load_model_folder` rebuilds the model with `<name>` pointing at that copy, so an exported
+        model never depends on a path of the machine it was trained on (e.g. pi0's `tokenizer_path`).
+        """
+        return {}
+
     def on_optimizer_step(self, step: int) -> None:
         """Called after every optimizer step (e.g. to update an EMA of the weights); default: nothing."""
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """Training state outside parameters, buffers and optimizers (e.g. an EMA of the weights).
+
+        Returned as named tensors plus string metadata; every checkpoint stores them in
+        `algorithm_state.safetensors` (never pickled). Default: nothing.
+        """
+        return {}, {}
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """Restore what `checkpoint_state` returned; raise ValueError when it does not fit this model."""
+        if tensors or metadata:
+            raise ValueError(f"{type(self).__name__} keeps no extra state, but the checkpoint has some")
 
     @contextlib.contextmanager
     def inference_weights(self) -> Iterator[None]:

@@ -11,14 +11,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
 
-from neuracore.ml.core.errors import CheckpointError
+from neuracore.ml.core.errors import CheckpointError, one_line
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+ALGORITHM_STATE_FILE = "algorithm_state.safetensors"  # NeuracoreModel.checkpoint_state(), e.g. an EMA
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -74,10 +79,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState, keep_last_n: int) -> Path:
+def _algorithm_state(model: nn.Module | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The model's extra checkpoint state on CPU, gathered to full tensors (call on every rank)."""
+    if model is None or not hasattr(model, "checkpoint_state"):
+        return {}, {}
+    tensors, metadata = model.checkpoint_state()
+    full = {}
+    for name, tensor in tensors.items():
+        if hasattr(tensor, "full_tensor"):  # a DTensor under FSDP: collective, hence every rank
+            tensor = tensor.full_tensor()
+        full[name] = tensor.detach().cpu().contiguous()
+    return full, dict(metadata)
+
+
+def save_checkpoint(
+    accelerator: Accelerator, run_dir: Path, state: TrainerState, keep_last_n: int, model: nn.Module | None = None
+) -> Path:
     """Write `checkpoint_<step>` atomically (temp folder + rename), then rotate old ones.
 
-    Every rank calls this (accelerate writes per-rank RNG state); rank 0 writes the rest.
+    Every rank calls this (accelerate writes per-rank RNG state); rank 0 writes the rest, including
+    the unwrapped `model`'s `checkpoint_state()` (e.g. Diffusion Policy's EMA) as safetensors.
     """
     root = checkpoints_dir(run_dir)
     final = root / f"checkpoint_{state.step}"
@@ -88,8 +109,11 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainerState
         tmp.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    extra_tensors, extra_metadata = _algorithm_state(model)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra_tensors or extra_metadata:
+            save_file(extra_tensors, str(tmp / ALGORITHM_STATE_FILE), metadata=extra_metadata)
         with open(tmp / STATE_FILE, "w") as f:
             json.dump(asdict(state), f, indent=1)
             f.flush()
@@ -138,8 +162,11 @@ def resolve_resume_path(value: str, run_dir: Path) -> Path:
     return path
 
 
-def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainerState) -> TrainerState:
-    """Restore model, optimizer, schedulers, RNG and accelerate's step counter from `path`.
+def load_checkpoint(
+    accelerator: Accelerator, path: Path, expected: TrainerState, model: nn.Module | None = None
+) -> TrainerState:
+    """Restore model, optimizer, schedulers, RNG, accelerate's step counter and the unwrapped
+    `model`'s extra state (`algorithm_state.safetensors`) from `path`.
 
     Any mismatch or unreadable file is a `CheckpointError`; a resume never degrades to a fresh start.
     """
@@ -162,6 +189,19 @@ def load_checkpoint(accelerator: Accelerator, path: Path, expected: TrainerState
     try:
         accelerator.load_state(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure is fatal for a resume
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: cannot load ({type(exc).__name__}: {first})") from None
+        raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: cannot load ({one_line(exc)})") from None
+    if model is not None and hasattr(model, "load_checkpoint_state"):
+        extra = path / ALGORITHM_STATE_FILE
+        try:
+            tensors: dict[str, torch.Tensor] = {}
+            metadata: dict[str, str] = {}
+            if extra.exists():
+                with safe_open(str(extra), framework="pt", device="cpu") as f:
+                    metadata = dict(f.metadata() or {})
+                    tensors = {k: f.get_tensor(k) for k in f.keys()}
+            model.load_checkpoint_state(tensors, metadata)
+        except Exception as exc:  # noqa: BLE001 - corrupt file or state that does not fit the model
+            raise CheckpointError(
+                f"resume_checkpoint_path={str(path)!r}: {ALGORITHM_STATE_FILE}: {one_line(exc)}"
+            ) from None
     return state

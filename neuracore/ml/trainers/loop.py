@@ -121,7 +121,8 @@ def _stop_for_memory(
     clear_device_cache(garbage_collection=True)
     where = "no checkpoint (the failure happened inside the optimizer step)"
     if can_checkpoint:
-        path = save_checkpoint(accelerator, run_dir, synced, config.keep_last_n_checkpoints)
+        path = save_checkpoint(accelerator, run_dir, synced, config.keep_last_n_checkpoints,
+                               accelerator.unwrap_model(parts.model))
         where = f"checkpoint saved at {path}"
     raise MemoryLimitExceeded(
         f"{reason} at step {synced.step}; {where}; {ADVICE}, then resume with resume_checkpoint_path=auto"
@@ -245,7 +246,7 @@ def fit(
                 run_validation()
             done = state.step >= parts.total_steps
             if state.step % config.checkpoint_frequency == 0 and not done:
-                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints)
+                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model))
             window.paused += time.perf_counter() - paused
             if kill_at and state.step >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -263,7 +264,7 @@ def fit(
     run_validation()  # the final model is always validated (no-op if it just was)
     progress.close()
     elapsed = time.perf_counter() - started
-    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints)
+    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model))
     return LoopResult(
         state=state,
         train_losses=last_train,

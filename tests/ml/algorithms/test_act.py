@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import math
 from pathlib import Path
 
@@ -162,4 +163,13 @@ def test_compile_true_trains_two_steps_through_the_cli(home: Path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = home / "training" / "runs" / "compiled"
     assert (run / "model" / "model.safetensors").is_file()
-    assert "step 2" in result.stderr + result.stdout or (run / "checkpoints").is_dir()
+    # The prepared model really is a compiled module, and dynamo captured at least one graph.
+    report = [line for line in (run / "train.log").read_text().splitlines() if "torch.compile: " in line]
+    assert len(report) == 1, report
+    found = ast.literal_eval(report[0].split("torch.compile: ", 1)[1])
+    assert found["compiled_module"] is True and found["graphs"] >= 1, found
+    # The export is plain (no `_orig_mod.` prefixes) and loads into an uncompiled model.
+    from neuracore.ml import Policy
+
+    policy = Policy.from_pretrained(run / "model")
+    assert not any(k.startswith("_orig_mod") for k in policy.model.state_dict())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -152,11 +153,49 @@ def test_ema_weights_are_swapped_in_for_inference_and_back_out():
     after = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert all(torch.equal(training[n], after[n]) for n in training)
     assert any(not torch.equal(training[n], ema[n]) for n in training)
-    state = model.ema_state_dict()
-    assert state is not None and state["optimization_step"] == 3
+    tensors, metadata = model.checkpoint_state()
+    assert json.loads(metadata["ema"])["optimization_step"] == 3
+    assert set(tensors) == {f"ema.{n}" for n in training}
+    assert all(torch.equal(tensors[f"ema.{n}"], ema[n]) for n in training)
     off = tiny(mid, use_ema=False)
     off.on_optimizer_step(1)
-    assert off.ema_state_dict() is None
+    assert off.checkpoint_state() == ({}, {})
+
+
+def test_ema_checkpoint_state_round_trips_exactly_and_is_checked():
+    mid = spec()
+    model = tiny(mid).train()
+    batch = synthetic_batch(mid, 2, 2, CPU)
+    (opt,) = model.configure_optimizers()
+    for step in range(1, 3):
+        model(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        model.on_optimizer_step(step)
+    tensors, metadata = model.checkpoint_state()
+    tensors = {k: v.clone() for k, v in tensors.items()}
+    restored = tiny(mid).train()
+    restored.load_state_dict(model.state_dict())
+    restored.load_checkpoint_state(tensors, metadata)
+    # One more identical step on both: the EMAs (weights and decay counter) stay bit-identical.
+    for m in (model, restored):
+        torch.manual_seed(0)
+        m(batch)["loss"].backward()
+        torch.optim.SGD(m.parameters(), lr=0.1).step()
+        m.on_optimizer_step(3)
+    a, b = model.checkpoint_state(), restored.checkpoint_state()
+    assert a[1] == b[1] and json.loads(a[1]["ema"])["optimization_step"] == 3
+    assert all(torch.equal(a[0][k], b[0][k]) for k in a[0])
+
+    with pytest.raises(ValueError, match="no EMA state"):
+        tiny(mid).load_checkpoint_state({}, {})
+    with pytest.raises(ValueError, match="use_ema=false"):
+        tiny(mid, use_ema=False).load_checkpoint_state(tensors, metadata)
+    name = next(iter(tensors))
+    with pytest.raises(ValueError, match="missing"):
+        tiny(mid).load_checkpoint_state({k: v for k, v in tensors.items() if k != name}, metadata)
+    with pytest.raises(ValueError, match="shape"):
+        tiny(mid).load_checkpoint_state({**tensors, name: torch.zeros(1)}, metadata)
 
 
 def test_bad_values_are_one_line_errors():

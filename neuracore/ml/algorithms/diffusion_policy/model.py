@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from typing import Any, ClassVar, Iterator, Literal
 
@@ -292,16 +293,55 @@ class DiffusionPolicy(NeuracoreModel):
             for opt in optimizers
         ]
 
+    def _new_ema(self) -> EMAModel:
+        return EMAModel(
+            self.parameters(), decay=self.ema_max_decay, min_decay=0.0, update_after_step=0,
+            use_ema_warmup=True, inv_gamma=1.0, power=self.ema_power, foreach=True,
+        )
+
     def on_optimizer_step(self, step: int) -> None:
         """Update the EMA of the weights (created at the first step, on the weights' device)."""
         if not self.use_ema:
             return
         if self._ema is None:
-            self._ema = EMAModel(
-                self.parameters(), decay=self.ema_max_decay, min_decay=0.0, update_after_step=0,
-                use_ema_warmup=True, inv_gamma=1.0, power=self.ema_power, foreach=True,
-            )
+            self._ema = self._new_ema()
         self._ema.step(self.parameters())
+
+    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        """The EMA: one shadow tensor per parameter (`ema.<name>`) and its counters as JSON metadata."""
+        if self._ema is None:
+            return {}, {}
+        state = self._ema.state_dict()
+        shadows = state.pop("shadow_params")
+        names = [name for name, _ in self.named_parameters()]
+        tensors = {f"ema.{name}": t.detach().contiguous() for name, t in zip(names, shadows, strict=True)}
+        return tensors, {"ema": json.dumps(state)}
+
+    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        """Restore the EMA exactly (shadows and step counter), checking every name and shape."""
+        if not tensors and "ema" not in metadata:
+            if self.use_ema:
+                raise ValueError("the checkpoint has no EMA state, but algorithm.use_ema=true")
+            self._ema = None
+            return
+        if not self.use_ema:
+            raise ValueError("the checkpoint has an EMA state, but algorithm.use_ema=false")
+        params = dict(self.named_parameters())
+        missing = [n for n in params if f"ema.{n}" not in tensors]
+        unexpected = [k for k in tensors if not k.startswith("ema.") or k[4:] not in params]
+        if missing or unexpected or "ema" not in metadata:
+            raise ValueError(
+                f"EMA state does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}"
+                f"{', no ema metadata' if 'ema' not in metadata else ''})"
+            )
+        wrong = [n for n, p in params.items() if tensors[f"ema.{n}"].shape != p.shape]
+        if wrong:
+            raise ValueError(f"EMA shadow of {wrong[0]} has shape {list(tensors['ema.' + wrong[0]].shape)}, "
+                             f"the parameter {list(params[wrong[0]].shape)}")
+        state = json.loads(metadata["ema"])
+        state["shadow_params"] = [tensors[f"ema.{n}"].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
+        self._ema = self._new_ema()
+        self._ema.load_state_dict(state)
 
     @contextlib.contextmanager
     def inference_weights(self) -> Iterator[None]:
@@ -315,7 +355,3 @@ class DiffusionPolicy(NeuracoreModel):
             yield
         finally:
             self._ema.restore(self.parameters())
-
-    def ema_state_dict(self) -> dict[str, Any] | None:
-        """The EMA's state (for checkpointing alongside the model), or None before the first step."""
-        return None if self._ema is None else self._ema.state_dict()
