@@ -20,29 +20,26 @@ from neuracore.ml.core.errors import NeuracoreError
 EVAL_SEED_OFFSET = 100_000  # evaluation episodes never overlap the demo dataset's seeds
 
 
-def rollout(policy, seed: int, execute_steps: int) -> tuple[bool, int]:
-    """One episode: predict a chunk, execute its first `execute_steps` actions, repeat."""
+def rollout(policy, seed: int) -> tuple[bool, int]:
+    """One episode, one `policy.select_action` per control step (chunks or temporal ensembling)."""
     from neuracore.ml.sim.pick_place import PickPlaceEnv
 
     env = PickPlaceEnv(seed)
     policy.reset()
     obs = env.observe()
     while not env.done:
-        chunk = policy.predict(
+        action = policy.select_action(
             {
                 "JOINT_POSITIONS": obs.joint_positions,
                 "RGB_IMAGES": obs.image[None],
                 "LANGUAGE": obs.language,
             }
         )["JOINT_TARGET_POSITIONS"]
-        for action in chunk[:execute_steps]:
-            obs = env.step(action)
-            if env.done:
-                break
+        obs = env.step(action)
     return env.success, env.steps
 
 
-def untrained_policy(algorithm: str, horizon: int, seed: int):
+def untrained_policy(algorithm: str, horizon: int, seed: int, **rollout_options):
     """A freshly initialised model of `algorithm` built for the demo dataset (the baseline)."""
     import torch
 
@@ -64,7 +61,7 @@ def untrained_policy(algorithm: str, horizon: int, seed: int):
         frequency=dataset.spec.frequency,
     )
     model = build_model(cls, mid, {})
-    return Policy(model.eval(), {"algorithm": {"name": algorithm}})
+    return Policy(model.eval(), {"algorithm": {"name": algorithm}}, **rollout_options)
 
 
 def resolve_model_folder(value: str) -> Path:
@@ -92,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--untrained", metavar="ALGORITHM", help="evaluate a randomly initialised model instead")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--execute-steps", type=int, default=8, help="actions executed from each predicted chunk")
+    parser.add_argument(
+        "--temporal-ensemble", type=float, metavar="COEFF",
+        help="query the policy every step and execute the exponentially weighted mean of all predictions "
+             "for that step (ACT's temporal ensembling, e.g. 0.01); replaces --execute-steps",
+    )
     parser.add_argument("--seed", type=int, default=0, help="first evaluation episode (offset by 100000)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -101,15 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from neuracore.ml.export.policy import Policy
 
+        if args.temporal_ensemble is not None:
+            options = {"temporal_ensemble_coeff": args.temporal_ensemble, "n_action_steps": 1}
+        else:
+            options = {"n_action_steps": args.execute_steps}
         if args.model:
             args.model = str(resolve_model_folder(args.model))
             if not (Path(args.model) / "config.json").is_file():
                 raise NeuracoreError(f"{args.model}: not an exported model folder (no config.json)")
-            policy = Policy.from_pretrained(args.model, device=args.device)
+            policy = Policy.from_pretrained(args.model, device=args.device, **options)
         else:
-            policy = untrained_policy(args.untrained, 20, args.seed)
+            policy = untrained_policy(args.untrained, 20, args.seed, **options)
         started = time.perf_counter()
-        results = [rollout(policy, EVAL_SEED_OFFSET + args.seed + i, args.execute_steps) for i in range(args.episodes)]
+        results = [rollout(policy, EVAL_SEED_OFFSET + args.seed + i) for i in range(args.episodes)]
     except NeuracoreError as exc:
         print(f"evaluate: error: {exc}", file=sys.stderr)
         return 2
@@ -120,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         "successes": successes,
         "success_rate": successes / max(args.episodes, 1),
         "mean_steps": float(np.mean([n for _, n in results])),
+        "temporal_ensemble_coeff": policy.temporal_ensemble_coeff,
+        "n_action_steps": policy.n_action_steps,
         "seconds": round(time.perf_counter() - started, 1),
     }
     if args.json:

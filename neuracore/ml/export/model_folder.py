@@ -1,8 +1,13 @@
-"""Write and read `<run>/model/`: config.json, model.safetensors, README.md. Never unpickles."""
+"""Write and read `<run>/model/`: config.json, model.safetensors, README.md (+ assets/). Never unpickles.
+
+A model's `export_assets()` folders (e.g. pi0's tokenizer) are copied to `assets/<hyper-parameter>/`
+with every file's sha256 in config.json, so an export never refers to a path outside itself.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -19,10 +24,13 @@ from neuracore.ml.core.model_init import ModelInitDescription
 from neuracore.ml.core.registry import class_path, registered_algorithms
 from neuracore.ml.utils.hashing import sha256_file
 
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # the newest readable; 2 = embeds asset folders (written only when there are any)
+_FORMAT_WITHOUT_ASSETS = 1  # exports without assets stay readable by older neuracore versions
+ASSETS_DIR = "assets"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
+log = logging.getLogger(__name__)
 _VERSIONED = ("neuracore", "torch", "torchvision", "accelerate", "datasets", "safetensors", "transformers", "diffusers")
 
 
@@ -45,6 +53,61 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def _export_assets(model: NeuracoreModel) -> dict[str, Path]:
+    """The model's asset folders, checked: each key is one of its hyper-parameters and a folder."""
+    assets = dict(model.export_assets())
+    valid = type(model).hyperparameter_defaults()
+    for name, src in assets.items():
+        if not (isinstance(name, str) and name.isidentifier() and name in valid):
+            raise CheckpointError(
+                f"{type(model).__name__}.export_assets(): {name!r} is not one of its hyper-parameters"
+            )
+        if not Path(src).is_dir():
+            raise CheckpointError(f"algorithm.{name}={str(src)!r}: not a folder, so it cannot be embedded in the export")
+    return {name: Path(src).resolve() for name, src in assets.items()}
+
+
+def _asset_files(src: Path, name: str) -> list[tuple[str, Path]]:
+    """Files of an asset folder by relative POSIX path; hidden entries are skipped (storage pushes skip them).
+
+    A symlink to a regular file is copied as that file (Hugging Face cache snapshots are made of
+    them); symlinked folders and special files are refused.
+    """
+    out: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(src):  # does not descend into symlinked folders
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                raise CheckpointError(
+                    f"{os.path.join(dirpath, d)}: symlinked folder in algorithm.{name}; copy its contents in"
+                )
+        for fname in sorted(filenames):
+            path = Path(dirpath) / fname
+            if fname.startswith("."):
+                continue
+            if not path.is_file():
+                raise CheckpointError(f"{path}: not a regular file (algorithm.{name} is embedded in the export)")
+            out.append((path.relative_to(src).as_posix(), path))
+    if not out:
+        raise CheckpointError(f"algorithm.{name}={str(src)!r}: empty folder, nothing to embed in the export")
+    return out
+
+
+def _copy_assets(assets: dict[str, Path], dest: Path) -> dict[str, dict[str, Any]]:
+    """Copy each asset folder to `dest/assets/<name>/`; returns config.json's `assets` entries."""
+    entries: dict[str, dict[str, Any]] = {}
+    for name, src in assets.items():
+        rel_dir = f"{ASSETS_DIR}/{name}"
+        hashes: dict[str, str] = {}
+        for rel, path in _asset_files(src, name):
+            target = dest / rel_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)
+            hashes[rel] = sha256_file(target)
+        entries[name] = {"path": rel_dir, "sha256": hashes}
+    return entries
 
 
 def export_model(
@@ -84,9 +147,15 @@ def export_model(
         "training": _json_safe(training or {}),
         "versions": package_versions(),
     }
+    assets = _export_assets(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
+        if assets:
+            config["assets"] = _copy_assets(assets, tmp)
+            # The hyper-parameter names the embedded copy (relative), never the training machine's path.
+            config["algorithm"]["hyperparameters"].update({k: v["path"] for k, v in config["assets"].items()})
+        config["format_version"] = EXPORT_FORMAT_VERSION if assets else _FORMAT_WITHOUT_ASSETS
         if state_dict is None:
             safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         else:  # one consolidated file
@@ -147,6 +216,8 @@ def model_card(config: dict[str, Any]) -> str:
         "```json",
         json.dumps(algo["hyperparameters"], indent=1),
         "```",
+        *(f"\n`algorithm.{name}` is this export's folder `{entry['path']}/` ({len(entry['sha256'])} files)."
+          for name, entry in config.get("assets", {}).items()),
         "",
         "## Reproduce",
         "",
@@ -185,6 +256,48 @@ def read_config(folder: Path) -> dict[str, Any]:
     return config
 
 
+def _resolve_assets(folder: Path, config: dict[str, Any]) -> dict[str, str]:
+    """Hyper-parameter -> absolute path of its embedded folder, confined to `folder` and sha256-checked."""
+    where = folder / CONFIG_FILE
+    assets = config.get("assets", {})
+    if not isinstance(assets, dict):
+        raise CheckpointError(f"{where}: 'assets' must be a mapping")
+    root = folder.resolve()
+    out: dict[str, str] = {}
+    for name, entry in assets.items():
+        ok = (
+            isinstance(name, str) and name.isidentifier() and isinstance(entry, dict)
+            and isinstance(entry.get("path"), str) and isinstance(entry.get("sha256"), dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in entry["sha256"].items())
+        )  # fmt: skip
+        if not ok:
+            raise CheckpointError(f"{where}: malformed assets entry {name!r} (needs a path and a sha256 mapping)")
+        target = (root / entry["path"]).resolve()
+        if root not in target.parents:
+            raise CheckpointError(f"{where}: assets.{name}.path={entry['path']!r} points outside the model folder")
+        if not target.is_dir():
+            raise CheckpointError(
+                f"{target}: missing asset folder for algorithm.{name} (copy the whole model folder, assets/ included)"
+            )
+        for rel, expected in sorted(entry["sha256"].items()):
+            path = (target / rel).resolve()
+            if target not in path.parents:
+                raise CheckpointError(f"{where}: assets.{name} file {rel!r} points outside {target}")
+            if not path.is_file():
+                raise CheckpointError(f"{path}: missing file of the asset folder for algorithm.{name}")
+            if sha256_file(path) != expected:
+                raise CheckpointError(f"{path}: sha256 does not match config.json (corrupt or replaced asset)")
+        unlisted = sorted(
+            rel for p in target.rglob("*")
+            if not p.is_dir() and not (rel := p.relative_to(target).as_posix()).startswith(".")
+            and "/." not in rel and rel not in entry["sha256"]
+        )  # fmt: skip
+        if unlisted:
+            raise CheckpointError(f"{target}: files not recorded in config.json: {', '.join(unlisted[:5])}")
+        out[name] = str(target)
+    return out
+
+
 def load_model_folder(
     folder: str | Path, trusted_algorithms: dict[str, type[NeuracoreModel]] | None = None
 ) -> tuple[NeuracoreModel, dict[str, Any]]:
@@ -209,14 +322,20 @@ def load_model_folder(
     expected_sha = config.get("weights_sha256")
     if expected_sha and sha256_file(weights) != expected_sha:
         raise CheckpointError(f"{weights}: sha256 does not match config.json (corrupt or replaced weights)")
+    embedded = _resolve_assets(folder, config)
     try:
         mid = ModelInitDescription.from_json(config["model_init_description"])
         hyper = dict(config["algorithm"].get("hyperparameters", {}))
         # The exported weights replace any pretrained ones: never fetch them again when loading.
         hyper.update({k: v for k, v in cls.rebuild_overrides.items() if k in hyper})
+        hyper.update(embedded)  # embedded folders (e.g. a tokenizer) are read from this export
         model = build_model(cls, mid, hyper)
     except (KeyError, TypeError, ValueError, AttributeError, NeuracoreError) as exc:
         raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild {name} ({one_line(exc)})") from None
+    outside = sorted(set(model.export_assets()) - set(embedded))
+    if outside:  # an export made before asset folders were embedded
+        log.warning("%s: %s read from outside the model folder (%s); re-export to embed it",
+                    folder, ", ".join(f"algorithm.{k}" for k in outside), ", ".join(str(hyper[k]) for k in outside))
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
     except Exception as exc:  # noqa: BLE001 - unreadable, corrupt or mismatched file

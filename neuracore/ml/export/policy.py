@@ -15,6 +15,7 @@ from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.core.model import NeuracoreModel
 from neuracore.ml.export.model_folder import load_model_folder
+from neuracore.ml.export.temporal_ensemble import TemporalEnsembler
 
 
 class Policy:
@@ -25,15 +26,46 @@ class Policy:
     an optional `"LANGUAGE"` string. It returns `{DataType value: [horizon, D] numpy array}`
     in the units of the training data. Observation history is kept between calls; `reset()` it
     at the start of an episode.
+
+    `select_action(observation)` is the per-step form for control loops: it executes the first
+    `n_action_steps` (default: the whole horizon) actions of each predicted chunk, or, with
+    `temporal_ensemble_coeff` (default: the model's own, e.g. ACT's `algorithm.temporal_ensemble_coeff`,
+    when neither argument is given), queries the model every step and returns the temporally
+    ensembled action.
     """
 
-    def __init__(self, model: NeuracoreModel, config: dict[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        model: NeuracoreModel,
+        config: dict[str, Any],
+        device: str | torch.device = "cpu",
+        n_action_steps: int | None = None,
+        temporal_ensemble_coeff: float | None = None,
+    ) -> None:
         self.model = model.to(device).eval()
         self.config = config
         self.device = torch.device(device)
         self.description = model.model_init_description
         self.history = max(int(model.observation_history), 1)
         self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history)
+        horizon = int(self.description.output_prediction_horizon)
+        if temporal_ensemble_coeff is None and n_action_steps is None:  # the model's own rollout setting
+            temporal_ensemble_coeff = getattr(model, "temporal_ensemble_coeff", None)  # (ACT's yaml key)
+        if temporal_ensemble_coeff is not None and n_action_steps not in (None, 1):
+            raise ConfigError(
+                f"n_action_steps={n_action_steps}: temporal ensembling queries the model every step; "
+                "use n_action_steps=1 (or None) with temporal_ensemble_coeff"
+            )
+        self.n_action_steps = (
+            1 if temporal_ensemble_coeff is not None else horizon if n_action_steps is None else int(n_action_steps)
+        )
+        if not 1 <= self.n_action_steps <= horizon:
+            raise ConfigError(f"n_action_steps={n_action_steps}: must be in 1..{horizon} (the predicted horizon)")
+        self.temporal_ensemble_coeff = temporal_ensemble_coeff
+        self._ensembler = (
+            TemporalEnsembler(float(temporal_ensemble_coeff), horizon) if temporal_ensemble_coeff is not None else None
+        )
+        self._queue: deque[dict[str, np.ndarray]] = deque()
 
     @classmethod
     def from_pretrained(
@@ -42,6 +74,7 @@ class Policy:
         device: str | torch.device = "cpu",
         trusted_algorithms: dict[str, type[NeuracoreModel]] | None = None,
         storage_url: str | None = None,
+        **rollout: Any,
     ) -> Policy:
         """Load an exported folder, or `org/name[@revision]` from Neuracore storage (never unpickles).
 
@@ -49,6 +82,7 @@ class Policy:
         Otherwise `org/name` (branch main), `org/name@best`, `org/name@<tag>` or `org/name@<revision>`
         is pulled from `storage_url` (default `$NEURACORE_STORAGE_URL`, else
         `file://$NEURACORE_HOME/storage`) into `$NEURACORE_HOME/cache/hub` once, every sha256 verified.
+        `n_action_steps` / `temporal_ensemble_coeff` configure `select_action` (see the class).
         """
         folder = Path(path).expanduser()
         if not folder.exists():
@@ -57,7 +91,7 @@ class Policy:
             if looks_like_repo(str(path)):  # otherwise the loader names the missing local folder
                 folder = pull_model(str(path), storage_url)
         model, config = load_model_folder(folder, trusted_algorithms)
-        return cls(model, config, device)
+        return cls(model, config, device, **rollout)
 
     @property
     def output_items(self) -> dict[str, list[str]]:
@@ -65,8 +99,35 @@ class Policy:
         return {dt.value: list(f.items) for dt, f in self.description.outputs.items()}
 
     def reset(self) -> None:
-        """Forget the observation history (call at the start of every episode)."""
+        """Forget the observation history and pending actions (call at the start of every episode)."""
         self._frames.clear()
+        self._queue.clear()
+        if self._ensembler is not None:
+            self._ensembler.reset()
+
+    def select_action(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """One action `{DataType value: [D]}` to execute now, for control loops that run every step.
+
+        Without ensembling, a chunk is predicted when the queue is empty and its first
+        `n_action_steps` actions are executed one per call. With `temporal_ensemble_coeff`, the
+        model is queried every call and the action is the exponentially weighted mean of every
+        prediction made so far for this step (ACT's temporal ensembling).
+        """
+        if self._ensembler is not None:
+            chunk = self.predict(observation)
+            names = list(chunk)
+            widths = [chunk[n].shape[-1] for n in names]
+            stacked = torch.from_numpy(np.concatenate([chunk[n] for n in names], axis=-1))
+            action = self._ensembler.update(stacked).numpy()
+            parts = np.split(action, np.cumsum(widths)[:-1])
+            return dict(zip(names, parts, strict=True))
+        if not self._queue:
+            chunk = self.predict(observation)
+            for i in range(self.n_action_steps):
+                self._queue.append({name: value[i] for name, value in chunk.items()})
+        else:
+            self._remember(observation)  # the history still advances on steps without a prediction
+        return self._queue.popleft()
 
     def _frame(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
         frame: dict[str, np.ndarray] = {}
@@ -102,13 +163,16 @@ class Policy:
             frame[dt.value] = value
         return frame
 
-    @torch.no_grad()
-    def predict(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """Action chunk(s) `[horizon, D]` for one observation."""
+    def _remember(self, observation: Mapping[str, Any]) -> None:
         frame = self._frame(observation)
         self._frames.append(frame)
         while len(self._frames) < self.history:  # pad history with the first frame, as in training
             self._frames.appendleft(frame)
+
+    @torch.no_grad()
+    def predict(self, observation: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Action chunk(s) `[horizon, D]` for one observation."""
+        self._remember(observation)
         batch: dict[str, Any] = {keys.INPUTS: {}, keys.INPUT_MASKS: {}}
         for dt, feature in self.description.inputs.items():
             if dt.modality == Modality.LANGUAGE:

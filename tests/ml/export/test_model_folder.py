@@ -194,7 +194,8 @@ def test_export_replaces_previous_export(exported, tmp_path):
 def test_config_json_fields(exported):
     model, folder = exported
     config = json.loads((folder / "config.json").read_text())
-    assert config["format_version"] == model_folder.EXPORT_FORMAT_VERSION
+    assert config["format_version"] == 1  # no embedded assets: readable by every neuracore version
+    assert "assets" not in config
     assert config["algorithm"]["name"] == "cnnmlp"
     assert config["algorithm"]["class"] == "neuracore.ml.algorithms.cnnmlp.model.CNNMLP"
     assert config["algorithm"]["hyperparameters"] == {**CNNMLP.hyperparameter_defaults(), **HYPER}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -139,6 +140,7 @@ class Pi0(NeuracoreModel):
         if not self.uses_language:
             logger.info("pi0: the data spec has no LANGUAGE; every sample is prompted with %r", self.default_prompt)
         self.tokenizer = load_tokenizer(tokenizer_path, vocab_size)
+        self.tokenizer_path = tokenizer_path
         if pretrained_path is not None and tokenizer_path is None:
             raise ConfigError(
                 "algorithm.tokenizer_path: needed with algorithm.pretrained_path (the checkpoint's token ids)"
@@ -175,6 +177,10 @@ class Pi0(NeuracoreModel):
         elif freeze_vision_encoder:
             self.backbone.vision.requires_grad_(False)
         self.backbone.set_gradient_checkpointing(gradient_checkpointing)
+
+    def export_assets(self) -> dict[str, Path]:
+        """The tokenizer folder travels inside the export (`assets/tokenizer_path/`)."""
+        return {} if self.tokenizer_path is None else {"tokenizer_path": Path(self.tokenizer_path).expanduser()}
 
     # ----- inputs -------------------------------------------------------------------------------
 
