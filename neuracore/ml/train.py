@@ -40,8 +40,9 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     accelerator = make_accelerator(config, run_dir)
     setup_logging(run_dir, accelerator.is_main_process)
     logger.info(
-        "world_size=%d device=%s mixed_precision=%s run_dir=%s",
-        accelerator.num_processes, accelerator.device, accelerator.mixed_precision, run_dir,
+        "world_size=%d device=%s mixed_precision=%s distributed=%s run_dir=%s",
+        accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
+        accelerator.distributed_type.value, run_dir,
     )
     set_seed(config.seed)
 

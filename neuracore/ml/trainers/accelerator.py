@@ -86,12 +86,33 @@ def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
     )
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
     if wants_fsdp and accelerator.distributed_type != DistributedType.FSDP:
-        # accelerate silently falls back to DDP when FSDP is asked for on CPU: refuse instead.
-        raise ConfigError(
-            "accelerate config requests FSDP, which accelerate only runs on GPUs; on CPU use "
-            "--multi_gpu (DDP) or accelerate_configs/cpu.yaml"
-        )
+        if accelerator.distributed_type != DistributedType.MULTI_CPU:
+            raise ConfigError(
+                f"accelerate config requests FSDP, but this launch is {accelerator.distributed_type.value} with "
+                f"{accelerator.num_processes} process(es); FSDP shards over several: use --num_processes 2 or more"
+            )
+        _enable_cpu_fsdp(accelerator)
     return accelerator
+
+
+def _enable_cpu_fsdp(accelerator: Accelerator) -> None:
+    """Turn a multi-process CPU (gloo) launch into accelerate's FSDP2 path.
+
+    accelerate 1.15 enables FSDP only for GPU-like devices and otherwise silently runs DDP, yet
+    PyTorch's FSDP2 (`fully_shard`) runs on CPU ranks too. The plugin is built from the launch
+    config exactly as on GPUs, and the shared state is switched to FSDP so that prepare(),
+    save_state/load_state and get_state_dict take their FSDP code paths.
+    """
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* variables `accelerate launch` sets
+    if plugin.fsdp_version != 2:
+        raise ConfigError(f"fsdp_version={plugin.fsdp_version}: on CPU only FSDP2 runs; set fsdp_version: 2")
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # AcceleratorState() re-reads it
+    accelerator.state.distributed_type = DistributedType.FSDP
+    accelerator.state.fsdp_plugin = plugin
 
 
 def reset_accelerate_state() -> None:
