@@ -70,7 +70,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     sampler = train_loader.sampler
     steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / accumulation)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
-    schedulers = accelerator.unwrap_model(model).configure_schedulers([o.optimizer for o in optimizers], total_steps)
+    schedulers = accelerator.unwrap_model(model, keep_torch_compile=False).configure_schedulers([o.optimizer for o in optimizers], total_steps)
     loaders = [train_loader] + ([val_loader] if val_loader else [])
     prepared = accelerator.prepare(*schedulers, *loaders)
     schedulers = list(prepared[: len(schedulers)])
@@ -83,7 +83,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         gradient_accumulation_steps=accumulation,
     )
     if resume_path is not None:
-        trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, accelerator.unwrap_model(model))
+        trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, accelerator.unwrap_model(model, keep_torch_compile=False))
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, trainer_state.step,
                     trainer_state.epoch, trainer_state.batches_in_epoch)
 

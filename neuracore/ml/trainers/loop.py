@@ -122,7 +122,7 @@ def _stop_for_memory(
     where = "no checkpoint (the failure happened inside the optimizer step)"
     if can_checkpoint:
         path = save_checkpoint(accelerator, run_dir, synced, config.keep_last_n_checkpoints,
-                               accelerator.unwrap_model(parts.model))
+                               accelerator.unwrap_model(parts.model, keep_torch_compile=False))
         where = f"checkpoint saved at {path}"
     raise MemoryLimitExceeded(
         f"{reason} at step {synced.step}; {where}; {ADVICE}, then resume with resume_checkpoint_path=auto"
@@ -137,7 +137,7 @@ def validate(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> d
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=accelerator.device)
     try:
-        with accelerator.unwrap_model(model).inference_weights():
+        with accelerator.unwrap_model(model, keep_torch_compile=False).inference_weights():
             for batch in loader:
                 losses = model(batch)
                 n = _batch_size_of(batch)
@@ -231,7 +231,7 @@ def fit(
             for scheduler in parts.schedulers:
                 scheduler.step()
             state.step += 1
-            accelerator.unwrap_model(model).on_optimizer_step(state.step)
+            accelerator.unwrap_model(model, keep_torch_compile=False).on_optimizer_step(state.step)
             window.grad_norm = grad_norm
             progress.update(1)
             breach = monitor.check(state.step)
@@ -246,7 +246,7 @@ def fit(
                 run_validation()
             done = state.step >= parts.total_steps
             if state.step % config.checkpoint_frequency == 0 and not done:
-                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model))
+                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model, keep_torch_compile=False))
             window.paused += time.perf_counter() - paused
             if kill_at and state.step >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -264,7 +264,7 @@ def fit(
     run_validation()  # the final model is always validated (no-op if it just was)
     progress.close()
     elapsed = time.perf_counter() - started
-    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model))
+    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model, keep_torch_compile=False))
     return LoopResult(
         state=state,
         train_losses=last_train,

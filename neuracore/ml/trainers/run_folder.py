@@ -73,7 +73,7 @@ def export_run(
         "best_validation_loss": state.best_validation_loss,
         "command": command,
     }
-    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     with unwrapped.inference_weights():  # e.g. EMA weights are what gets exported
         # Under FSDP gathering the full state dict is collective: every rank calls export_run.
         full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
