@@ -31,81 +31,93 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
     from neuracore.ml.trainers.data import build_data, make_loader
     from neuracore.ml.trainers.loop import LoopParts, fit
-    from neuracore.ml.trainers.run_folder import export_run, prepare_run_folder, setup_logging
+    from neuracore.ml.trainers.run_folder import (
+        discard_unstarted_run,
+        export_run,
+        prepare_run_folder,
+        setup_logging,
+    )
     from neuracore.ml.trainers.tracking import count_parameters, start_tracking
 
     state = start_distributed(config)
     run_dir = choose_run_dir(config, state, job_num)
+    # A fresh run folder that never reaches the training loop (bad data spec, model that cannot be
+    # built, unreadable checkpoint) is removed again: a failed start leaves nothing behind.
+    created = state.is_main_process and not run_dir.exists()
     prepare_run_folder(run_dir, config, state)
-    accelerator = make_accelerator(config, run_dir)
-    setup_logging(run_dir, accelerator.is_main_process)
-    logger.info(
-        "world_size=%d device=%s mixed_precision=%s distributed=%s run_dir=%s",
-        accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
-        accelerator.distributed_type.value, run_dir,
-    )
-    set_seed(config.seed)
+    try:
+        accelerator = make_accelerator(config, run_dir)
+        setup_logging(run_dir, accelerator.is_main_process)
+        logger.info(
+            "world_size=%d device=%s mixed_precision=%s distributed=%s run_dir=%s",
+            accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
+            accelerator.distributed_type.value, run_dir,
+        )
+        set_seed(config.seed)
 
-    with accelerator.main_process_first():
-        dataset = open_dataset(_local_dataset_name(config.dataset_name))
-    data = build_data(config, dataset)
-    model = build_model(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
-    total_params, trainable = count_parameters(model)
-    logger.info("%s: %s parameters (%s trainable); inputs %s; outputs %s", config.algorithm.name, f"{total_params:,}",
-                f"{trainable:,}", _items(data.model_init.inputs), _items(data.model_init.outputs))
-    logger.info("episodes: %d train, %d validation (split by episode); %d training windows",
-                len(data.train_episodes), len(data.validation_episodes), len(data.train))
-    optimizers = model.configure_optimizers()
-    prepared = accelerator.prepare(model, *optimizers)
-    model, optimizers = prepared[0], list(prepared[1:])
+        with accelerator.main_process_first():
+            dataset = open_dataset(_local_dataset_name(config.dataset_name))
+        data = build_data(config, dataset)
+        model = build_model(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
+        total_params, trainable = count_parameters(model)
+        logger.info("%s: %s parameters (%s trainable); inputs %s; outputs %s", config.algorithm.name, f"{total_params:,}",
+                    f"{trainable:,}", _items(data.model_init.inputs), _items(data.model_init.outputs))
+        logger.info("episodes: %d train, %d validation (split by episode); %d training windows",
+                    len(data.train_episodes), len(data.validation_episodes), len(data.train))
+        optimizers = model.configure_optimizers()
+        prepared = accelerator.prepare(model, *optimizers)
+        model, optimizers = prepared[0], list(prepared[1:])
 
-    resume_path = resolve_resume_path(config.resume_checkpoint_path, run_dir) if config.resume_checkpoint_path else None
-    batch_size, accumulation = decide_batch_size(config, accelerator, model, optimizers, data, resume_path)
-    accelerator.gradient_accumulation_steps = accumulation
-    write_resolved_config(accelerator, run_dir, config, batch_size, accumulation)
+        resume_path = resolve_resume_path(config.resume_checkpoint_path, run_dir) if config.resume_checkpoint_path else None
+        batch_size, accumulation = decide_batch_size(config, accelerator, model, optimizers, data, resume_path)
+        accelerator.gradient_accumulation_steps = accumulation
+        write_resolved_config(accelerator, run_dir, config, batch_size, accumulation)
 
-    pin = accelerator.device.type == "cuda"
-    train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin)
-    val_loader = make_loader(data.validation, batch_size, config, shuffle=False, pin_memory=pin) if data.validation else None
-    sampler = train_loader.sampler
-    steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / accumulation)
-    total_steps = config.max_steps or config.epochs * steps_per_epoch
-    schedulers = accelerator.unwrap_model(model, keep_torch_compile=False).configure_schedulers([o.optimizer for o in optimizers], total_steps)
-    loaders = [train_loader] + ([val_loader] if val_loader else [])
-    prepared = accelerator.prepare(*schedulers, *loaders)
-    schedulers = list(prepared[: len(schedulers)])
-    train_loader, val_loader = (list(prepared[len(schedulers):]) + [None])[:2]
-    trainer_state = TrainerState(
-        algorithm=config.algorithm.name,
-        dataset_fingerprint=dataset.spec.fingerprint,
-        world_size=accelerator.num_processes,
-        batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-    )
-    if resume_path is not None:
-        trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, accelerator.unwrap_model(model, keep_torch_compile=False))
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, trainer_state.step,
-                    trainer_state.epoch, trainer_state.batches_in_epoch)
+        pin = accelerator.device.type == "cuda"
+        train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin)
+        val_loader = make_loader(data.validation, batch_size, config, shuffle=False, pin_memory=pin) if data.validation else None
+        sampler = train_loader.sampler
+        steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / accumulation)
+        total_steps = config.max_steps or config.epochs * steps_per_epoch
+        schedulers = accelerator.unwrap_model(model, keep_torch_compile=False).configure_schedulers([o.optimizer for o in optimizers], total_steps)
+        loaders = [train_loader] + ([val_loader] if val_loader else [])
+        prepared = accelerator.prepare(*schedulers, *loaders)
+        schedulers = list(prepared[: len(schedulers)])
+        train_loader, val_loader = (list(prepared[len(schedulers):]) + [None])[:2]
+        trainer_state = TrainerState(
+            algorithm=config.algorithm.name,
+            dataset_fingerprint=dataset.spec.fingerprint,
+            world_size=accelerator.num_processes,
+            batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+        )
+        if resume_path is not None:
+            trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, accelerator.unwrap_model(model, keep_torch_compile=False))
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, trainer_state.step,
+                        trainer_state.epoch, trainer_state.batches_in_epoch)
 
-    start_tracking(accelerator, config.raw)
-    accelerator.log({"model/num_parameters": float(total_params), "model/trainable_parameters": float(trainable)},
-                    step=trainer_state.step)
-    parts = LoopParts(model, optimizers, schedulers, train_loader, val_loader, sampler, total_steps,
-                      steps_per_epoch, batch_size)
-    dataset_info = {
-        "name": dataset.spec.name,
-        "fingerprint": dataset.spec.fingerprint,
-        "episodes": len(dataset.spec.episodes),
-        "frames": dataset.spec.num_frames,
-    }
-    command = _reproduce_command()
+        start_tracking(accelerator, config.raw)
+        accelerator.log({"model/num_parameters": float(total_params), "model/trainable_parameters": float(trainable)},
+                        step=trainer_state.step)
+        parts = LoopParts(model, optimizers, schedulers, train_loader, val_loader, sampler, total_steps,
+                          steps_per_epoch, batch_size)
+        dataset_info = {
+            "name": dataset.spec.name,
+            "fingerprint": dataset.spec.fingerprint,
+            "episodes": len(dataset.spec.episodes),
+            "frames": dataset.spec.num_frames,
+        }
+        command = _reproduce_command()
 
-    def on_validation(losses: dict[str, float], st: TrainerState) -> None:
-        loss = losses.get("loss", math.inf)
-        if st.best_validation_loss is None or loss < st.best_validation_loss:
-            st.best_validation_loss = loss
-            export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command)
-
+        def on_validation(losses: dict[str, float], st: TrainerState) -> None:
+            loss = losses.get("loss", math.inf)
+            if st.best_validation_loss is None or loss < st.best_validation_loss:
+                st.best_validation_loss = loss
+                export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command)
+    except BaseException:
+        if created:
+            discard_unstarted_run(run_dir)
+        raise
     result = fit(accelerator, parts, config, run_dir, trainer_state, on_validation)
     export_run(accelerator, model, run_dir / "model", result.state, result.train_losses,
                result.validation_losses, dataset_info, command)

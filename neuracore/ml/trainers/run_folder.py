@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,21 @@ def prepare_run_folder(run_dir: Path, config: TrainConfig, state: PartialState) 
             )
         run_dir.mkdir(parents=True, exist_ok=True)
     state.wait_for_everyone()
+
+
+def discard_unstarted_run(run_dir: Path) -> None:
+    """Remove a run folder this job created when the run failed before training (rank 0 only).
+
+    Only a folder without checkpoints is removed; its log handler is closed first.
+    """
+    if list_checkpoints(run_dir):
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
+            root.removeHandler(handler)
+            handler.close()
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def setup_logging(run_dir: Path, is_main: bool) -> None:
