@@ -69,3 +69,13 @@ def run_cli(args: list[str], home: Path, timeout: float = 600, env: dict[str, st
     full_env = {**os.environ, "NEURACORE_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", module, *args] if module else [sys.executable, *args]
     return run_group(cmd, full_env, timeout)
+
+
+def edit_config(folder: Path, edit) -> None:
+    """Apply `edit(config)` to `<folder>/config.json` in place (tests that damage an export)."""
+    import json
+
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))

@@ -14,6 +14,7 @@ import pytest
 from neuracore.ml.core.errors import CheckpointError
 from neuracore.ml.export import Policy, export_model, load_model_folder
 from neuracore.ml.sim.pick_place import PickPlaceEnv
+from tests.conftest import edit_config
 from tests.ml.algorithms.pi0_helpers import demo_data, make_tokenizer, tiny_pi0
 
 ACTIONS = "JOINT_TARGET_POSITIONS"
@@ -59,13 +60,6 @@ def folder_copy(exported: SimpleNamespace, tmp_path: Path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(exported.folder, dst)
     return dst
-
-
-def _edit_config(folder: Path, edit) -> None:
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    edit(config)
-    path.write_text(json.dumps(config))
 
 
 def _error(folder: Path) -> str:
@@ -134,20 +128,20 @@ def test_a_loaded_model_re_exports_self_contained(exported, tmp_path):
 
 @pytest.mark.parametrize("path", ["../../etc", "/etc", "assets/../..", "assets/tokenizer_path/../../../x"])
 def test_asset_path_outside_the_folder_is_refused(folder_copy, path):
-    _edit_config(folder_copy, lambda c: c["assets"]["tokenizer_path"].__setitem__("path", path))
+    edit_config(folder_copy, lambda c: c["assets"]["tokenizer_path"].__setitem__("path", path))
     msg = _error(folder_copy)
     assert str(folder_copy / "config.json") in msg
     assert f"assets.tokenizer_path.path={path!r} points outside the model folder" in msg
 
 
 def test_asset_file_outside_its_folder_is_refused(folder_copy):
-    _edit_config(folder_copy, lambda c: c["assets"]["tokenizer_path"]["sha256"].__setitem__("../../config.json", "0"))
+    edit_config(folder_copy, lambda c: c["assets"]["tokenizer_path"]["sha256"].__setitem__("../../config.json", "0"))
     assert "file '../../config.json' points outside" in _error(folder_copy)
 
 
 @pytest.mark.parametrize("name", ["../x", "tokenizer path", ""])
 def test_asset_key_that_is_not_a_hyperparameter_name_is_refused(folder_copy, name):
-    _edit_config(folder_copy, lambda c: c["assets"].__setitem__(name, c["assets"]["tokenizer_path"]))
+    edit_config(folder_copy, lambda c: c["assets"].__setitem__(name, c["assets"]["tokenizer_path"]))
     assert f"malformed assets entry {name!r}" in _error(folder_copy)
 
 

@@ -16,10 +16,17 @@ import torch
 
 import neuracore.ml.export.model_folder as model_folder
 from neuracore.ml.algorithms.cnnmlp import CNNMLP
-from neuracore.ml.core import DataType, FeatureSpec, ModelInitDescription, build_model, registered_algorithms
+from neuracore.ml.core import (
+    DataType,
+    FeatureSpec,
+    ModelInitDescription,
+    build_model,
+    registered_algorithms,
+)
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.errors import CheckpointError, ConfigError
 from neuracore.ml.export import Policy, export_model, load_model_folder
+from tests.conftest import edit_config
 
 JOINTS = ["shoulder", "elbow", "gripper"]
 CAMERA = "top"
@@ -91,13 +98,6 @@ def folder_copy(exported: tuple[CNNMLP, Path], tmp_path: Path) -> Path:
     dst = tmp_path / "model"
     shutil.copytree(exported[1], dst)
     return dst
-
-
-def _edit_config(folder: Path, edit) -> None:
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    edit(config)
-    path.write_text(json.dumps(config))
 
 
 # --------------------------------------------------------------------------- round trip
@@ -270,7 +270,7 @@ def test_unregistered_algorithm_is_refused_with_how_to_trust(folder_copy, tmp_pa
         config["algorithm"]["name"] = "my_private_algo"
         config["algorithm"]["class"] = "nc_untrusted_marker.Evil"
 
-    _edit_config(folder_copy, edit)
+    edit_config(folder_copy, edit)
     with pytest.raises(CheckpointError) as info:
         Policy.from_pretrained(folder_copy)
     msg = str(info.value)
@@ -290,7 +290,7 @@ def test_trusted_algorithms_loads_unregistered_name(exported, folder_copy, tmp_p
         config["algorithm"]["name"] = "my_private_algo"
         config["algorithm"]["class"] = "nc_untrusted_marker.Evil"
 
-    _edit_config(folder_copy, edit)
+    edit_config(folder_copy, edit)
     policy = Policy.from_pretrained(folder_copy, trusted_algorithms={"my_private_algo": CNNMLP})
     assert type(policy.model) is CNNMLP
     obs = make_observation()
@@ -399,7 +399,7 @@ def _write(text: str):
 
 
 def _edit(edit):
-    return lambda folder: _edit_config(folder, edit)
+    return lambda folder: edit_config(folder, edit)
 
 
 GOOD_MALFORMED = {
