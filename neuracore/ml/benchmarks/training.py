@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +28,9 @@ from neuracore.ml.core.registry import get_algorithm
 BASELINE = "cnnmlp"
 
 
+HORIZON_DEFAULT = 100
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options of `tools/benchmark.py train`."""
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -36,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cameras", type=int, default=1)
     parser.add_argument("--state-dim", type=int, default=14)
     parser.add_argument("--action-dim", type=int, default=14)
-    parser.add_argument("--horizon", type=int, default=100, help="output_prediction_horizon")
+    parser.add_argument("--horizon", type=int, default=HORIZON_DEFAULT,
+                        help="output_prediction_horizon (default 100, or the yaml's for a configuration such as pi0_tiny)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
@@ -74,6 +80,43 @@ def _parse_overrides(items: list[str], args: argparse.Namespace | None = None) -
     if name is None:
         raise ConfigError("algorithm: missing; e.g. `tools/benchmark.py train algorithm=act`")
     return name, hyper
+
+
+def config_variant(name: str) -> tuple[str, dict[str, Any], int | None]:
+    """A yaml of `config/algorithm/` that is not a registered name (e.g. `pi0_tiny`) → the registered
+    algorithm it configures, its hyper-parameters (following `defaults:`) and its horizon."""
+    from omegaconf import (
+        OmegaConf,  # parses the yaml as Hydra does (e.g. `1e-3` is a float)
+    )
+
+    from neuracore.ml.core.registry import registered_algorithms
+
+    def load(path: Path) -> dict[str, Any]:
+        return OmegaConf.to_container(OmegaConf.load(path)) or {}
+
+    folder = Path(__file__).resolve().parents[1] / "config" / "algorithm"
+    hyper: dict[str, Any] = {}
+    horizon = None
+    chain, current = [], name
+    while current is not None:
+        path = folder / f"{current}.yaml"
+        if not path.is_file() or current in chain:
+            known = sorted({*registered_algorithms(), *(p.stem for p in folder.glob("*.yaml"))})
+            raise ConfigError(f"algorithm={name!r}: unknown algorithm; valid: {', '.join(known)}")
+        chain.append(current)
+        node = load(path)
+        bases = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
+        current = bases[0] if bases else None
+    for stem in reversed(chain):  # base first, the variant's own keys last
+        node = load(folder / f"{stem}.yaml")
+        hyper.update(node.get("algorithm", {}))
+        horizon = node.get("output_prediction_horizon", horizon)
+    target = str(hyper.pop("_target_", ""))
+    registered = next((n for n, c in registered_algorithms().items() if f"{c.__module__}.{c.__name__}" == target
+                       or target.endswith(f".{c.__name__}")), None)
+    if registered is None:
+        raise ConfigError(f"algorithm={name!r}: {target or 'no _target_'} is not a registered algorithm")
+    return registered, hyper, horizon
 
 
 def model_init(args: argparse.Namespace, history: int = 1) -> ModelInitDescription:
@@ -140,7 +183,41 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    rss = _PeakRss() if device.type != "cuda" else contextlib.nullcontext()
     times = []
+    with rss:
+        _steps(args, step_model, model, optimizers, batch, autocast, device, times)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else rss.peak / 2**30
+    median = statistics.median(times)
+    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "step_ms": median * 1e3,
+            "samples_per_s": args.batch_size / median, "peak_gib": peak}
+
+
+class _PeakRss:
+    """Peak resident memory of this process while the block runs (sampled every 5 ms; for CPU runs)."""
+
+    def __enter__(self) -> _PeakRss:
+        import psutil
+
+        self._process = psutil.Process()
+        self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
+def _steps(args, step_model, model, optimizers, batch, autocast, device, times) -> None:  # noqa: ANN001
+    """Warm-up then timed full training steps (forward, backward, optimizer, EMA update)."""
     for i in range(args.warmup + args.steps):
         _sync(device)
         start = time.perf_counter()
@@ -154,10 +231,6 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    median = statistics.median(times)
-    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "step_ms": median * 1e3,
-            "samples_per_s": args.batch_size / median, "peak_gib": peak}
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -169,6 +242,15 @@ def _bf16_supported(device: torch.device) -> bool:
 def run(args: argparse.Namespace) -> int:
     """Print samples/s of the chosen algorithm (and the CNNMLP baseline) in fp32 and bf16 autocast."""
     name, hyper = _parse_overrides(args.overrides, args)
+    shown = name
+    from neuracore.ml.core.registry import registered_algorithms
+
+    if name not in registered_algorithms():  # a configuration such as pi0_tiny: its yaml's values
+        base, yaml_hyper, yaml_horizon = config_variant(name)
+        explicit = any(o.startswith("horizon=") for o in args.overrides) or args.horizon != HORIZON_DEFAULT
+        if yaml_horizon is not None and not explicit:
+            args.horizon = int(yaml_horizon)
+        name, hyper = base, {**yaml_hyper, **hyper}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precisions: list[tuple[str, torch.dtype | None]] = []
     if args.precision in ("both", "fp32"):
@@ -179,8 +261,9 @@ def run(args: argparse.Namespace) -> int:
           f"state={args.state_dim} action={args.action_dim} horizon={args.horizon} steps={args.steps} (median)")
     for label, dtype in precisions:
         result = measure(name, hyper, args, device, dtype)
-        line = (f"{name} {label}: {result['samples_per_s']:.5g} samples/s ({result['step_ms']:.5g} ms/step), "
-                f"{result['params_m']:.1f}M params, peak memory {result['peak_gib']:.2f} GiB")
+        line = (f"{shown} {label}: {result['samples_per_s']:.5g} samples/s ({result['step_ms']:.5g} ms/step), "
+                f"{result['params_m']:.1f}M params, "
+                f"{'peak GPU memory' if device.type == 'cuda' else 'peak RSS'} {result['peak_gib']:.2f} GiB")
         if not args.no_baseline and name != BASELINE:
             base = measure(BASELINE, {}, args, device, dtype)
             ratio = result["samples_per_s"] / base["samples_per_s"]

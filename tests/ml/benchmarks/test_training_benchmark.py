@@ -26,14 +26,15 @@ def test_prints_samples_per_second_in_fp32_and_bf16_with_the_cnnmlp_ratio(capsys
     assert training.run(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("device=cpu batch=2 cameras=1 image=32 state=14 action=14 horizon=4")
-    pattern = re.compile(r"^act (fp32|bf16): ([\d.]+) samples/s \(([\d.]+) ms/step\), ([\d.]+)M params, peak memory "
-                         r"\S+ GiB; cnnmlp ([\d.]+) samples/s, ratio ([\d.]+)x$")
+    pattern = re.compile(r"^act (fp32|bf16): ([\d.]+) samples/s \(([\d.]+) ms/step\), ([\d.]+)M params, peak RSS "
+                         r"([\d.]+) GiB; cnnmlp ([\d.]+) samples/s, ratio ([\d.]+)x$")
     matches = [pattern.match(line) for line in out[1:]]
     assert [m.group(1) for m in matches if m] == ["fp32", "bf16"], out
     for m in matches:
         samples, ms = float(m.group(2)), float(m.group(3))
         assert samples > 0 and samples == pytest.approx(2 / (ms / 1000), rel=0.002)
-        assert float(m.group(6)) == pytest.approx(samples / float(m.group(5)), rel=0.01)
+        assert 0.05 < float(m.group(5)) < 64  # the process's peak RSS while stepping (a real, finite number)
+        assert float(m.group(7)) == pytest.approx(samples / float(m.group(6)), rel=0.01)
 
 
 def test_diffusion_policy_gets_two_observation_frames(capsys: pytest.CaptureFixture[str]):
@@ -42,6 +43,19 @@ def test_diffusion_policy_gets_two_observation_frames(capsys: pytest.CaptureFixt
     assert training.run(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1].startswith("diffusion_policy fp32: ") and "cnnmlp" not in lines[1]
+
+
+def test_a_configuration_such_as_pi0_tiny_uses_its_yaml(capsys: pytest.CaptureFixture[str]):
+    args = parse(["algorithm=pi0_tiny", "batch_size=2", "image_size=32", "steps=1", "warmup=1", "--no-baseline",
+                  "--precision", "fp32", "--device", "cpu"])
+    assert training.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "horizon=10 " in lines[0]  # pi0_tiny.yaml's output_prediction_horizon
+    assert re.match(r"^pi0_tiny fp32: [\d.]+ samples/s .*, 0\.2M params, peak RSS", lines[1]), lines[1]
+    assert training.config_variant("pi0_tiny")[0] == "pi0"
+    assert training.config_variant("pi0_tiny")[1]["lr"] == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match=r"algorithm='pi0_huge': unknown algorithm; valid: .*pi0_tiny"):
+        training.config_variant("pi0_huge")
 
 
 @pytest.mark.parametrize("argv, message", [
