@@ -54,9 +54,9 @@ def _translate(exc: Exception, overrides: list[str], config_dir: str) -> ConfigE
     if missing:
         group, value = missing.groups()
         if group == "algorithm":
-            from neuracore.ml.core.registry import registered_algorithms
-
-            options = sorted(set(registered_algorithms()) | set(_group_options(config_dir, group)))
+            # `algorithm=<name>` selects a yaml of the algorithm group: list those (importing every
+            # algorithm module to read the registry would cost seconds for a one-line error).
+            options = sorted(_group_options(config_dir, group))
             hint = difflib.get_close_matches(value, options, 1)
             return ConfigError(
                 f"algorithm={value}: unknown algorithm{f' (did you mean {hint[0]}?)' if hint else ''}; "
