@@ -44,11 +44,11 @@ def untrained_policy(algorithm: str, horizon: int, seed: int, **rollout_options)
     import torch
 
     from neuracore.ml.core.model import build_model
+    from neuracore.ml.core.model_init import ModelInitDescription
     from neuracore.ml.core.registry import get_algorithm
     from neuracore.ml.datasets.data_spec import resolve_model_data_spec
     from neuracore.ml.datasets.format import open_dataset
     from neuracore.ml.export.policy import Policy
-    from neuracore.ml.core.model_init import ModelInitDescription
 
     torch.manual_seed(seed)
     dataset = open_dataset("demo")

@@ -15,7 +15,7 @@ from tests.conftest import REPO
 
 def _readme_example(name: str) -> str:
     text = (REPO / "README.md").read_text()
-    match = re.search(rf"<!-- example: {re.escape(name)} -->\n```\w+\n(.*?)```", text, re.S)
+    match = re.search(rf"<!-- example: {re.escape(name)} -->\n```\w+\n(.*?)```", text, re.DOTALL)
     assert match, f"README example {name} not found"
     return match.group(1)
 

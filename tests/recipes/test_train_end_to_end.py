@@ -29,7 +29,7 @@ def test_train_writes_run_folder_tensorboard_and_export(home: Path) -> None:
                              "training_name=e2e", "training.log_images=true"], home)
     assert result.returncode == 0, result.stderr[-3000:]
     run = _runs(home) / "e2e"
-    first = [line for line in (run / "train.log").read_text().splitlines() if line.strip()][0]
+    first = next(line for line in (run / "train.log").read_text().splitlines() if line.strip())
     assert "world_size=1" in first and "device=cpu" in first and "mixed_precision=no" in first
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint_3", "checkpoint_6"]
     ckpt = run / "checkpoints" / "checkpoint_6"

@@ -60,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     model, optimizers = prepared[0], list(prepared[1:])
     cap = min(args.max_batch_size, len(data.train))
     make_batch = _batch_maker(data, accelerator, config.seed)
-    common = dict(cap=cap, max_grad_norm=config.training.max_grad_norm, memory_margin=config.autotune.memory_margin,
-                  cpu_max_step_seconds=config.autotune.cpu_max_step_seconds,
-                  cpu_time_budget_s=config.autotune.cpu_time_budget_s)
+    common = {"cap": cap, "max_grad_norm": config.training.max_grad_norm, "memory_margin": config.autotune.memory_margin,
+                  "cpu_max_step_seconds": config.autotune.cpu_max_step_seconds,
+                  "cpu_time_budget_s": config.autotune.cpu_time_budget_s}
     result = autotune_batch_size(accelerator, model, optimizers, make_batch, strategy=args.strategy, **common)
     print(f"device {accelerator.device}, world size {state.num_processes}, strategy {args.strategy}, cap {cap}")
     for probe in result.probes:

@@ -14,7 +14,7 @@ import statistics
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -196,7 +196,7 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
 class _PeakRss:
     """Peak resident memory of this process while the block runs (sampled every 5 ms; for CPU runs)."""
 
-    def __enter__(self) -> _PeakRss:
+    def __enter__(self) -> Self:
         import psutil
 
         self._process = psutil.Process()
@@ -216,7 +216,7 @@ class _PeakRss:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
-def _steps(args, step_model, model, optimizers, batch, autocast, device, times) -> None:  # noqa: ANN001
+def _steps(args, step_model, model, optimizers, batch, autocast, device, times) -> None:
     """Warm-up then timed full training steps (forward, backward, optimizer, EMA update)."""
     for i in range(args.warmup + args.steps):
         _sync(device)

@@ -182,7 +182,6 @@ def check_dataset_and_spec(config: Any) -> None:
     from neuracore.ml.core.errors import DatasetError
     from neuracore.ml.datasets.data_spec import resolve_model_data_spec
     from neuracore.ml.datasets.format import SPEC_FILE, available_datasets, dataset_path, read_spec
-
     from neuracore.ml.storage.names import looks_like_repo
 
     if looks_like_repo(config.dataset_name):

@@ -283,9 +283,8 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         raw=cfg,
         **values,
     )
-    from neuracore.ml.utils.paths import check_name
-
     from neuracore.ml.storage.names import looks_like_repo
+    from neuracore.ml.utils.paths import check_name
 
     if not looks_like_repo(config.dataset_name):  # org/name[@revision] is pulled from storage at start
         check_name(config.dataset_name, "dataset_name")
@@ -308,4 +307,4 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     return config
 
 
-__all__ = ["TrainConfig", "validate_config", "resolve_algorithm", "get_algorithm"]
+__all__ = ["TrainConfig", "get_algorithm", "resolve_algorithm", "validate_config"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import inspect
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn

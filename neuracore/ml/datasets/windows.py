@@ -18,7 +18,7 @@ from neuracore.ml.datasets.format import MaterializedDataset, decode_images
 def split_episodes(num_episodes: int, validation_split: float, seed: int) -> tuple[list[int], list[int]]:
     """Split episode indices (never frames) into train/validation, deterministically from `seed`."""
     order = np.random.default_rng(seed).permutation(num_episodes)
-    n_val = int(round(num_episodes * validation_split)) if num_episodes > 1 else 0
+    n_val = round(num_episodes * validation_split) if num_episodes > 1 else 0
     if validation_split > 0 and num_episodes > 1:
         n_val = min(max(n_val, 1), num_episodes - 1)
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())

@@ -193,12 +193,12 @@ def model_card(config: dict[str, Any]) -> str:
     lines = [
         f"# {algo['name']} policy",
         "",
-        f"Trained with neuracore {config['versions'].get('neuracore', '?')}; "
-        f"{config['num_parameters']:,} parameters.",
+        (f"Trained with neuracore {config['versions'].get('neuracore', '?')}; "
+        f"{config['num_parameters']:,} parameters."),
         "",
         "## Data",
-        f"- dataset: `{ds.get('name', '?')}` (fingerprint `{str(ds.get('fingerprint', '?'))[:16]}`, "
-        f"{ds.get('episodes', '?')} episodes, {ds.get('frames', '?')} frames)",
+        (f"- dataset: `{ds.get('name', '?')}` (fingerprint `{str(ds.get('fingerprint', '?'))[:16]}`, "
+        f"{ds.get('episodes', '?')} episodes, {ds.get('frames', '?')} frames)"),
         "- inputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["inputs"].items()),
         "- outputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["outputs"].items()),
         f"- prediction horizon: {spec['output_prediction_horizon']} steps",

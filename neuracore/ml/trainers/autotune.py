@@ -17,8 +17,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import psutil
@@ -189,7 +190,7 @@ def autotune_batch_size(
                 peak = max(psutil.Process().memory_info().rss - rss_before, 0)
             if limit is not None and device.type == "cuda" and peak > limit:
                 fits, note = False, f"peak above the {memory_margin:.0%} safety margin"
-        except Exception as exc:  # noqa: BLE001 - only out-of-memory is a probe outcome
+        except Exception as exc:  # only out-of-memory is a probe outcome; anything else is re-raised
             if not (isinstance(exc, ProbeOutOfMemory) or should_reduce_batch_size(exc)):
                 raise
             fits, note = False, "out of memory"

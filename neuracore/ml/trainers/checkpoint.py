@@ -198,7 +198,7 @@ def load_checkpoint(
             if extra.exists():
                 with safe_open(str(extra), framework="pt", device="cpu") as f:
                     metadata = dict(f.metadata() or {})
-                    tensors = {k: f.get_tensor(k) for k in f.keys()}
+                    tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not iterable
             model.load_checkpoint_state(tensors, metadata)
         except Exception as exc:  # noqa: BLE001 - corrupt file or state that does not fit the model
             raise CheckpointError(

@@ -9,9 +9,10 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -106,7 +107,7 @@ def train_step(accelerator: Accelerator, parts: LoopParts, batch: dict[str, Any]
             stepping = False
             for optimizer in parts.optimizers:
                 optimizer.zero_grad(set_to_none=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with where it happened
+    except Exception as exc:  # re-raised with where it happened
         raise StepFailed(exc, weights_touched=stepping and accelerator.sync_gradients) from exc
     return losses, grad_norm
 

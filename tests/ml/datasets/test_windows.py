@@ -168,8 +168,8 @@ def test_pose_width_expands_value_index(tmp_path: Path) -> None:
     ({"gamma": {"JOINT_POSITIONS": []}}, "",
      "robot 'gamma' not in dataset 'win'; robots: alpha, beta"),
     ({"beta": {"DEPTH_IMAGES": []}}, ".beta",
-     "data type DEPTH_IMAGES not recorded for robot 'beta'; "
-     "available: JOINT_POSITIONS, JOINT_TARGET_POSITIONS, RGB_IMAGES"),
+     ("data type DEPTH_IMAGES not recorded for robot 'beta'; "
+     "available: JOINT_POSITIONS, JOINT_TARGET_POSITIONS, RGB_IMAGES")),
     ({"beta": {"JOINT_POSITIONS": ["e", "knee", "s"]}}, ".beta.JOINT_POSITIONS",
      "'knee', 's' not in dataset 'win'; available: e, w"),
     ({"alpha": {"RGB_IMAGES": ["wrist"]}}, ".alpha.RGB_IMAGES",

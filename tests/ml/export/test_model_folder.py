@@ -14,7 +14,6 @@ import pytest
 import safetensors.torch
 import torch
 
-import neuracore.ml.export.model_folder as model_folder
 from neuracore.ml.algorithms.cnnmlp import CNNMLP
 from neuracore.ml.core import (
     DataType,
@@ -25,7 +24,7 @@ from neuracore.ml.core import (
 )
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.errors import CheckpointError, ConfigError
-from neuracore.ml.export import Policy, export_model, load_model_folder
+from neuracore.ml.export import Policy, export_model, load_model_folder, model_folder
 from tests.conftest import edit_config
 
 JOINTS = ["shoulder", "elbow", "gripper"]
@@ -131,7 +130,7 @@ def test_policy_predictions_identical_to_original_model(exported):
 
 
 def test_policy_feeds_the_model_the_batch_it_was_trained_on(exported):
-    model, folder = exported
+    _model, folder = exported
     obs = make_observation()
     policy = Policy.from_pretrained(folder)
     seen = []
@@ -159,7 +158,7 @@ def test_policy_images_have_the_training_memory_layout(exported):
 
 def test_loaded_state_matches_original_bit_for_bit(exported):
     model, folder = exported
-    loaded, config = load_model_folder(folder)
+    loaded, _config = load_model_folder(folder)
     assert type(loaded) is CNNMLP
     assert not loaded.training, "a loaded model must be in eval mode"
     original = model.state_dict()

@@ -70,7 +70,7 @@ def test_auto_resume_without_checkpoints_is_an_error(tmp_path: Path) -> None:
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path: Path, accelerator: Accelerator, monkeypatch) -> None:
-    model, optimizer = _prepared(accelerator)
+    _model, _optimizer = _prepared(accelerator)
     first = save_checkpoint(accelerator, tmp_path, TrainerState(step=1, algorithm="x"), keep_last_n=1)
     before = (first / "model.safetensors").read_bytes()
 
@@ -87,7 +87,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path: Path, accelerator: Accelera
 
 
 def test_load_restores_weights_and_checks_compatibility(tmp_path: Path, accelerator: Accelerator) -> None:
-    model, optimizer = _prepared(accelerator)
+    model, _optimizer = _prepared(accelerator)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     state = TrainerState(step=7, epoch=1, batches_in_epoch=3, algorithm="cnnmlp", dataset_fingerprint="abc")
     path = save_checkpoint(accelerator, tmp_path, state, keep_last_n=3)

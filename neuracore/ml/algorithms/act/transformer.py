@@ -78,7 +78,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
 
-    def forward(self, x, query_pos, memory, memory_pos, memory_pad=None) -> torch.Tensor:  # noqa: ANN001
+    def forward(self, x, query_pos, memory, memory_pos, memory_pad=None) -> torch.Tensor:
         """Decode queries `[B, H, D]` against `memory`."""
         for layer in self.layers:
             x = layer(x, query_pos, memory, memory_pos, memory_pad)

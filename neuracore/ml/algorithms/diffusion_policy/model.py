@@ -5,7 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from typing import Any, ClassVar, Iterator, Literal
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -158,7 +159,7 @@ class DiffusionPolicy(NeuracoreModel):
                 encoder.trunk.requires_grad_(False)
         if self.num_cameras:
             _, h, w = mid.inputs[DataType.RGB_IMAGES].shape[-3:]
-            self.crop = (max(int(round(h * crop_ratio)), 1), max(int(round(w * crop_ratio)), 1))
+            self.crop = (max(round(h * crop_ratio), 1), max(round(w * crop_ratio), 1))
         cond_dim = self.observation_history * (state_dim + self.num_cameras * hidden_dim)
         self.action_dim = sum(self.output_dims)
         self.unet = ConditionalUnet1d(

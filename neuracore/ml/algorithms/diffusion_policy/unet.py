@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
@@ -67,7 +69,7 @@ class ConditionalUnet1d(nn.Module):
             return ConditionalResidualBlock(cin, cout, cond_dim, kernel_size, groups, scale_modulation)
 
         dims = [action_dim, *down_dims]
-        pairs = list(zip(dims[:-1], dims[1:]))
+        pairs = list(itertools.pairwise(dims))
         self.down = nn.ModuleList()
         for i, (cin, cout) in enumerate(pairs):
             last = i == len(pairs) - 1
