@@ -112,6 +112,23 @@ def train_step(accelerator: Accelerator, parts: LoopParts, batch: dict[str, Any]
     return losses, grad_norm
 
 
+def _stop_alone_for_memory(accelerator: Accelerator, run_dir: Path, batch_size: int, step: int) -> None:
+    """Out of memory on one rank of several: stop this rank now, without any collective.
+
+    The other ranks are waiting in this step's gradient all-reduce; a checkpoint (a collective)
+    would wait for them forever. This process exits, and the launcher stops the others.
+    """
+    from neuracore.ml.trainers.checkpoint import list_checkpoints
+
+    found = list_checkpoints(run_dir)
+    last = f"the newest checkpoint is {found[-1][1]}" if found else "there is no checkpoint yet"
+    raise MemoryLimitExceeded(
+        f"out of memory in a training step on rank {accelerator.process_index} of {accelerator.num_processes} "
+        f"(batch_size={batch_size}) after step {step}; no checkpoint now (the other ranks are inside a "
+        f"collective; the launcher stops them); {last}; {ADVICE}, then resume with resume_checkpoint_path=auto"
+    )
+
+
 def _stop_for_memory(
     accelerator: Accelerator, parts: LoopParts, run_dir: Path, synced: TrainerState, config: TrainConfig,
     reason: str, can_checkpoint: bool = True,
@@ -220,6 +237,8 @@ def fit(
             except StepFailed as failed:
                 if not should_reduce_batch_size(failed.cause):
                     raise failed.cause from None
+                if accelerator.num_processes > 1:
+                    _stop_alone_for_memory(accelerator, run_dir, parts.batch_size, synced.step)
                 _stop_for_memory(accelerator, parts, run_dir, synced, config,
                                  f"out of memory in a training step (batch_size={parts.batch_size})",
                                  can_checkpoint=not failed.weights_touched)
