@@ -88,8 +88,8 @@ def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
     if wants_fsdp and accelerator.distributed_type != DistributedType.FSDP:
         if accelerator.distributed_type != DistributedType.MULTI_CPU:
             raise ConfigError(
-                f"accelerate config requests FSDP, but this launch is {accelerator.distributed_type.value} with "
-                f"{accelerator.num_processes} process(es); FSDP shards over several: use --num_processes 2 or more"
+                f"accelerate config requests FSDP, but this is not a distributed launch "
+                f"({accelerator.distributed_type.value}); start it with `accelerate launch --config_file ...` or torchrun"
             )
         _enable_cpu_fsdp(accelerator)
     return accelerator
