@@ -21,6 +21,7 @@ from typing import Any
 
 from neuracore.ml.core.errors import NeuracoreError
 from neuracore.ml.datasets import api
+from neuracore.ml.datasets.format import IMAGE_ENCODINGS
 from neuracore.ml.datasets.importers import IMPORTERS
 
 
@@ -35,7 +36,7 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--language", help="instruction for episodes that have none")
     p.add_argument("--max-delay-s", type=float, help="episodes: longest previous-sample hold (default 2/frequency)")
     p.add_argument("--skip-bad-episodes", action="store_true", help="skip and report bad episodes instead of failing")
-    p.add_argument("--image-encoding", choices=["raw", "png", "jpeg"], default="raw",
+    p.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="raw",
                    help="store RGB frames raw (fastest to read) or as PNG/JPEG bytes (smaller; decoded by loader workers)")
     p.add_argument("--workers", type=int, default=0, help="processes reading/decoding episodes (0: in this process)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")

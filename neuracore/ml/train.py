@@ -26,7 +26,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
 
     from neuracore.ml.core.model import build_model
     from neuracore.ml.datasets.format import open_dataset
-    from neuracore.ml.trainers.accelerator import choose_run_dir, make_accelerator, start_distributed
+    from neuracore.ml.trainers.accelerator import choose_run_dir, core_model, make_accelerator, start_distributed
     from neuracore.ml.trainers.batch_plan import decide_batch_size, write_resolved_config
     from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
     from neuracore.ml.trainers.data import build_data, make_loader
@@ -79,7 +79,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         sampler = train_loader.sampler
         steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / accumulation)
         total_steps = config.max_steps or config.epochs * steps_per_epoch
-        schedulers = accelerator.unwrap_model(model, keep_torch_compile=False).configure_schedulers([o.optimizer for o in optimizers], total_steps)
+        schedulers = core_model(accelerator, model).configure_schedulers([o.optimizer for o in optimizers], total_steps)
         loaders = [train_loader] + ([val_loader] if val_loader else [])
         prepared = accelerator.prepare(*schedulers, *loaders)
         schedulers = list(prepared[: len(schedulers)])
@@ -92,7 +92,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
             gradient_accumulation_steps=accumulation,
         )
         if resume_path is not None:
-            trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, accelerator.unwrap_model(model, keep_torch_compile=False))
+            trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, core_model(accelerator, model))
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, trainer_state.step,
                         trainer_state.epoch, trainer_state.batches_in_epoch)
 

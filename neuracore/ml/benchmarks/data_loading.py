@@ -22,6 +22,7 @@ import numpy as np
 
 from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.datasets.format import IMAGE_ENCODINGS
 
 SYNTHETIC = "synthetic"
 _CAMERAS = ["cam_high", "cam_wrist"]
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--horizon", type=int, default=100)
     parser.add_argument("--episodes", type=int, default=6, help="synthetic: episodes")
     parser.add_argument("--frames", type=int, default=200, help="synthetic: frames per episode")
-    parser.add_argument("--image-encoding", choices=["raw", "png", "jpeg"], default="raw",
+    parser.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="raw",
                         help="synthetic: how RGB frames are stored")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads in this process (collation "
                         "with workers=0 happens here; default: torch's)")

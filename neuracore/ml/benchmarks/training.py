@@ -82,44 +82,24 @@ def _parse_overrides(items: list[str], args: argparse.Namespace | None = None) -
     return name, hyper
 
 
-def config_variant(name: str) -> tuple[str, dict[str, Any], int | None]:
+def config_variant(name: str) -> tuple[str, dict[str, Any], int]:
     """A yaml of `config/algorithm/` that is not a registered name (e.g. `pi0_tiny`) → the registered
-    algorithm it configures, its hyper-parameters (following `defaults:`) and its horizon."""
-    from omegaconf import (
-        OmegaConf,  # parses the yaml as Hydra does (e.g. `1e-3` is a float)
-    )
-
+    algorithm it configures, its hyper-parameters and its horizon, composed as training would."""
+    from neuracore.ml.config.preflight import compose_config
+    from neuracore.ml.config.schema import resolve_algorithm
     from neuracore.ml.core.registry import registered_algorithms
+    from neuracore.ml.train import CONFIG_DIR
 
-    def load(path: Path) -> dict[str, Any]:
-        return OmegaConf.to_container(OmegaConf.load(path)) or {}
-
-    folder = Path(__file__).resolve().parents[1] / "config" / "algorithm"
-    hyper: dict[str, Any] = {}
-    horizon = None
-    chain, current = [], name
-    while current is not None:
-        path = folder / f"{current}.yaml"
-        if not path.is_file() or current in chain:
-            known = sorted({*registered_algorithms(), *(p.stem for p in folder.glob("*.yaml"))})
-            raise ConfigError(f"algorithm={name!r}: unknown algorithm; valid: {', '.join(known)}")
-        chain.append(current)
-        node = load(path)
-        bases = [d for d in node.get("defaults", []) if isinstance(d, str) and d != "_self_"]
-        current = bases[0] if bases else None
-    for stem in reversed(chain):  # base first, the variant's own keys last
-        node = load(folder / f"{stem}.yaml")
-        hyper.update(node.get("algorithm", {}))
-        horizon = node.get("output_prediction_horizon", horizon)
-    target = str(hyper.pop("_target_", ""))
-    registered = next((n for n, c in registered_algorithms().items() if f"{c.__module__}.{c.__name__}" == target
-                       or target.endswith(f".{c.__name__}")), None)
-    if registered is None:
-        raise ConfigError(f"algorithm={name!r}: {target or 'no _target_'} is not a registered algorithm")
-    return registered, hyper, horizon
+    folder = Path(CONFIG_DIR) / "algorithm"
+    if not (folder / f"{name}.yaml").is_file():
+        known = sorted({*registered_algorithms(), *(p.stem for p in folder.glob("*.yaml"))})
+        raise ConfigError(f"algorithm={name!r}: unknown algorithm; valid: {', '.join(known)}")
+    cfg = compose_config([f"algorithm={name}"], CONFIG_DIR)
+    choice = resolve_algorithm(cfg["algorithm"])
+    return choice.name, dict(choice.hyperparameters), int(cfg["output_prediction_horizon"])
 
 
-def model_init(args: argparse.Namespace, history: int = 1) -> ModelInitDescription:
+def model_init(args: argparse.Namespace) -> ModelInitDescription:
     """A data spec of the benchmark's shapes with unit statistics."""
     def vector(dt: DataType, dim: int) -> FeatureSpec:
         return FeatureSpec(dt, [f"j{i}" for i in range(dim)], [1],
@@ -248,8 +228,8 @@ def run(args: argparse.Namespace) -> int:
     if name not in registered_algorithms():  # a configuration such as pi0_tiny: its yaml's values
         base, yaml_hyper, yaml_horizon = config_variant(name)
         explicit = any(o.startswith("horizon=") for o in args.overrides) or args.horizon != HORIZON_DEFAULT
-        if yaml_horizon is not None and not explicit:
-            args.horizon = int(yaml_horizon)
+        if not explicit:
+            args.horizon = yaml_horizon
         name, hyper = base, {**yaml_hyper, **hyper}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precisions: list[tuple[str, torch.dtype | None]] = []

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.errors import ConfigError, one_line
 from neuracore.ml.core.model import NeuracoreModel
 from neuracore.ml.core.registry import get_algorithm, register_algorithm, registered_algorithms
 
@@ -201,7 +201,7 @@ def _class_for_target(target: str) -> type[NeuracoreModel]:
     try:
         cls = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"algorithm._target_={target!r}: cannot import ({type(exc).__name__}: {exc})") from None
+        raise ConfigError(f"algorithm._target_={target!r}: cannot import ({one_line(exc)})") from None
     if not (isinstance(cls, type) and issubclass(cls, NeuracoreModel)):
         raise ConfigError(f"algorithm._target_={target!r}: not a subclass of neuracore.ml.core.NeuracoreModel")
     return cls

@@ -143,8 +143,6 @@ def verify_dataset(name: str, root: Path | None = None) -> dict[str, Any]:
                 raise DatasetError(f"{where}: column {cname!r} is NaN or Inf at episode {expected_ep[r]} "
                                    f"frame {expected_frame[r]}")
         checked += n
-    if checked != spec.num_frames:
-        raise DatasetError(f"{where}: read {checked} rows, spec.json lists {spec.num_frames}")
     return {"name": name, "ok": True, "episodes": len(spec.episodes), "frames": checked,
             "columns": len(spec.columns), "fingerprint": actual}
 

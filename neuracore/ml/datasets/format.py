@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import DatasetError
+from neuracore.ml.core.errors import DatasetError, one_line
 from neuracore.ml.utils.hashing import update_with_file
 from neuracore.ml.utils.paths import check_name, datasets_root
 
@@ -51,6 +51,8 @@ def decode_images(frames: list[bytes], shape: list[int], where: str) -> Any:
                 arr = np.asarray(img.convert("RGB" if shape[-1] == 3 else "L"))
         except (OSError, TypeError) as exc:
             raise DatasetError(f"{where}: frame {i} cannot be decoded ({exc})") from None
+        if arr.size != out[i].size:
+            raise DatasetError(f"{where}: frame {i} decodes to shape {list(arr.shape)}, expected {list(shape)}")
         out[i] = arr.reshape(shape)
     return out
 
@@ -174,7 +176,7 @@ def read_spec(path: Path) -> DatasetSpec:
     try:
         spec = DatasetSpec.from_json(json.loads(spec_file.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{spec_file}: unreadable dataset spec ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{spec_file}: unreadable dataset spec ({one_line(exc)})") from None
     if spec.format_version > FORMAT_VERSION:
         raise DatasetError(
             f"{spec_file}: format_version {spec.format_version} is newer than this neuracore "
@@ -208,7 +210,7 @@ def open_dataset(name: str, root: Path | None = None) -> MaterializedDataset:
         hf = hf_datasets.load_from_disk(str(path / DATA_DIR))
         table = hf.data.table
     except Exception as exc:  # noqa: BLE001 - any failure here means the Arrow files are unusable
-        raise DatasetError(f"{path / DATA_DIR}: corrupt Arrow dataset ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{path / DATA_DIR}: corrupt Arrow dataset ({one_line(exc)})") from None
     if table.num_rows != spec.num_frames:
         raise DatasetError(
             f"{path}: table has {table.num_rows} rows but spec.json lists {spec.num_frames} frames; "

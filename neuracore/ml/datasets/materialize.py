@@ -122,7 +122,7 @@ def _features(columns: dict[str, ColumnSpec]) -> Any:
 
 def _episode_rows(
     episode: Episode, index: int, layout: DatasetLayout, columns: dict[str, ColumnSpec],
-    stats: dict[str, RunningStats], label: str = "", written_index: int | None = None,
+    stats: dict[str, RunningStats], label: str, written_index: int,
 ) -> dict[str, np.ndarray]:
     """Validate one episode and lay it out as column arrays `[T, row_width]`.
 
@@ -137,7 +137,7 @@ def _episode_rows(
     robot_items = layout.robots[episode.robot]
     pending_stats: list[tuple[str, int, np.ndarray]] = []
     out: dict[str, np.ndarray] = {
-        "episode_index": np.full(length, index if written_index is None else written_index, np.int32),
+        "episode_index": np.full(length, written_index, np.int32),
         "frame_index": np.arange(length, dtype=np.int32),
     }
     for name, col in columns.items():

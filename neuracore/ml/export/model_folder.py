@@ -250,7 +250,7 @@ def read_config(folder: Path) -> dict[str, Any]:
             raise TypeError("algorithm.name must be a string and model_init_description a mapping")
         int(config.get("format_version", 0))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a neuracore model config ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a neuracore model config ({one_line(exc)})") from None
     if int(config.get("format_version", 0)) > EXPORT_FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {config['format_version']} is newer than supported; upgrade neuracore")
     return config

@@ -62,6 +62,6 @@ def pull_dataset(
             f"dataset {dest.name!r}: {dest} already exists with other contents than {ref} "
             f"(fingerprint {fingerprint[:12]}); pass another local name or remove it"
         )
-    hub.download(RepoRef(ref.org, ref.name, revision.id), dest)
+    hub.download(RepoRef(ref.org, ref.name, revision.id), dest, revision)
     read_spec(dest)  # a one-line error now rather than at training time
     return dest

@@ -344,10 +344,13 @@ class Hub:
         return uploaded
 
     # ----- pull -----
-    def download(self, spec: str | RepoRef, dest: Path) -> Revision:
-        """Download a revision into `dest` (created atomically; must not exist), verifying every sha256."""
+    def download(self, spec: str | RepoRef, dest: Path, revision: Revision | None = None) -> Revision:
+        """Download a revision into `dest` (created atomically; must not exist), verifying every sha256.
+
+        `revision`: the already resolved revision of `spec`, to skip resolving it again.
+        """
         ref = parse_repo(spec) if isinstance(spec, str) else spec
-        revision = self.revision(ref)
+        revision = revision if revision is not None else self.revision(ref)
         dest = Path(dest)
         tmp = local_temp_dir(dest.parent, dest.name)
         tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from neuracore.ml.core.errors import CheckpointError, ConfigError
+from neuracore.ml.core.errors import CheckpointError, ConfigError, one_line
 from neuracore.ml.storage.hub import Hub, PushResult
 from neuracore.ml.storage.names import parse_repo
 
@@ -30,7 +30,7 @@ def model_metadata(folder: str | Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
         algorithm = config["algorithm"]["name"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a neuracore model config ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a neuracore model config ({one_line(exc)})") from None
     training = config.get("training") or {}
     return {
         "algorithm": algorithm,

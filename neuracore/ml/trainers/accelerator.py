@@ -115,6 +115,12 @@ def _enable_cpu_fsdp(accelerator: Accelerator) -> None:
     accelerator.state.fsdp_plugin = plugin
 
 
+def core_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The algorithm itself under accelerate's wrappers (DDP, FSDP, torch.compile): the object whose
+    hooks (EMA, checkpoint state, inference weights, schedulers) and plain state dict the trainer uses."""
+    return accelerator.unwrap_model(model, keep_torch_compile=False)
+
+
 def reset_accelerate_state() -> None:
     """Forget accelerate's process-wide singletons so the next `--multirun` job starts clean."""
     from accelerate.state import AcceleratorState, GradientState

@@ -29,6 +29,7 @@ from accelerate.utils import find_executable_batch_size
 from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.trainers.accelerator import core_model
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def autotune_batch_size(
         limit = int(torch.cuda.get_device_properties(device).total_memory * (1.0 - memory_margin))
     elif not on_gpu:
         limit = int(psutil.virtual_memory().available * (1.0 - memory_margin))
-    saved = _snapshot(accelerator.unwrap_model(model, keep_torch_compile=False), optimizers)
+    saved = _snapshot(core_model(accelerator, model), optimizers)
     probes: list[Probe] = []
     memory_search = strategy == "memory" or (strategy == "auto" and on_gpu)
     search = BatchSizeSearch(start=start or (32 if memory_search else 8), cap=cap)
@@ -211,7 +212,7 @@ def autotune_batch_size(
         chosen = _gpu_search(search, probe)
     else:
         chosen = _cpu_search(search, probe, limit, cpu_max_step_seconds, cpu_time_budget_s, started)
-    _restore(accelerator.unwrap_model(model, keep_torch_compile=False), optimizers, saved)
+    _restore(core_model(accelerator, model), optimizers, saved)
     clear_device_cache(garbage_collection=True)
     result = AutotuneResult(chosen, probes, time.perf_counter() - started, limit, search.failed)
     logger.info("batch_size=auto: chose %d per device after %d probes in %.1f s", chosen, len(probes), result.seconds)

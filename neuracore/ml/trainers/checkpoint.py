@@ -50,7 +50,7 @@ class TrainerState:
             data = json.loads((path / STATE_FILE).read_text())
             return cls(**data)
         except (OSError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{path / STATE_FILE}: unreadable trainer state ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(f"{path / STATE_FILE}: unreadable trainer state ({one_line(exc)})") from None
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -79,17 +79,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _algorithm_state(model: nn.Module | None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The model's extra checkpoint state on CPU, gathered to full tensors (call on every rank)."""
+def _algorithm_state(
+    model: nn.Module | None, is_main: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The model's extra checkpoint state as full CPU tensors on the main process (call on every rank:
+    gathering a sharded tensor is collective); other ranks get nothing to write."""
     if model is None or not hasattr(model, "checkpoint_state"):
         return {}, {}
     tensors, metadata = model.checkpoint_state()
     full = {}
     for name, tensor in tensors.items():
-        if hasattr(tensor, "full_tensor"):  # a DTensor under FSDP: collective, hence every rank
+        if hasattr(tensor, "full_tensor"):  # a DTensor under FSDP
             tensor = tensor.full_tensor()
-        full[name] = tensor.detach().cpu().contiguous()
-    return full, dict(metadata)
+        if is_main:
+            full[name] = tensor.detach().cpu().contiguous()
+    return (full, dict(metadata)) if is_main else ({}, {})
 
 
 def save_checkpoint(
@@ -109,7 +113,7 @@ def save_checkpoint(
         tmp.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
-    extra_tensors, extra_metadata = _algorithm_state(model)
+    extra_tensors, extra_metadata = _algorithm_state(model, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if extra_tensors or extra_metadata:

@@ -20,6 +20,7 @@ from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 from tqdm.auto import tqdm
 
 from neuracore.ml.config.schema import TrainConfig
+from neuracore.ml.trainers.accelerator import core_model
 from neuracore.ml.trainers.checkpoint import TrainerState, save_checkpoint
 from neuracore.ml.trainers.memory_monitor import ADVICE, MemoryLimitExceeded, MemoryMonitor
 from neuracore.ml.trainers.tracking import log_image_grid, log_scalars
@@ -140,7 +141,7 @@ def _stop_for_memory(
     where = "no checkpoint (the failure happened inside the optimizer step)"
     if can_checkpoint:
         path = save_checkpoint(accelerator, run_dir, synced, config.keep_last_n_checkpoints,
-                               accelerator.unwrap_model(parts.model, keep_torch_compile=False))
+                               core_model(accelerator, parts.model))
         where = f"checkpoint saved at {path}"
     raise MemoryLimitExceeded(
         f"{reason} at step {synced.step}; {where}; {ADVICE}, then resume with resume_checkpoint_path=auto"
@@ -155,7 +156,7 @@ def validate(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> d
     sums: dict[str, torch.Tensor] = {}
     count = torch.zeros((), device=accelerator.device)
     try:
-        with accelerator.unwrap_model(model, keep_torch_compile=False).inference_weights():
+        with core_model(accelerator, model).inference_weights():
             for batch in loader:
                 losses = model(batch)
                 n = _batch_size_of(batch)
@@ -202,6 +203,7 @@ def fit(
     done = state.step >= parts.total_steps
     validated_at = -1
     synced = dataclasses.replace(state)  # the state at the last optimizer step (what a checkpoint may hold)
+    core = core_model(accelerator, model)  # once: the EMA hook and checkpoint state live on the algorithm
     monitor = MemoryMonitor(accelerator, **dataclasses.asdict(config.memory_monitor))
 
     def run_validation() -> None:
@@ -251,7 +253,7 @@ def fit(
             for scheduler in parts.schedulers:
                 scheduler.step()
             state.step += 1
-            accelerator.unwrap_model(model, keep_torch_compile=False).on_optimizer_step(state.step)
+            core.on_optimizer_step(state.step)
             window.grad_norm = grad_norm
             progress.update(1)
             breach = monitor.check(state.step)
@@ -266,7 +268,7 @@ def fit(
                 run_validation()
             done = state.step >= parts.total_steps
             if state.step % config.checkpoint_frequency == 0 and not done:
-                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model, keep_torch_compile=False))
+                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)
             window.paused += time.perf_counter() - paused
             if kill_at and state.step >= kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -284,7 +286,7 @@ def fit(
     run_validation()  # the final model is always validated (no-op if it just was)
     progress.close()
     elapsed = time.perf_counter() - started
-    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, accelerator.unwrap_model(parts.model, keep_torch_compile=False))
+    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)
     return LoopResult(
         state=state,
         train_losses=last_train,

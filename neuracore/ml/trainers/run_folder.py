@@ -14,6 +14,7 @@ from accelerate.utils import DistributedType
 from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.export.model_folder import export_model
+from neuracore.ml.trainers.accelerator import core_model
 from neuracore.ml.trainers.checkpoint import TrainerState, list_checkpoints
 
 
@@ -89,7 +90,7 @@ def export_run(
         "best_validation_loss": state.best_validation_loss,
         "command": command,
     }
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    unwrapped = core_model(accelerator, model)
     with unwrapped.inference_weights():  # e.g. EMA weights are what gets exported
         # Under FSDP gathering the full state dict is collective: every rank calls export_run.
         full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None

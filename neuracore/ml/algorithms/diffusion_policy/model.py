@@ -253,7 +253,7 @@ class DiffusionPolicy(NeuracoreModel):
             [batch[keys.OUTPUT_MASKS][dt.value] for dt in self.output_types], dim=-1
         ).unsqueeze(1)
         weight = valid * masks
-        loss = (error * weight).sum() / (weight.sum() * 1.0).clamp_min(1.0)
+        loss = (error * weight).sum() / weight.sum().clamp_min(1.0)
         return {"mse": loss, "loss": loss}
 
     @torch.no_grad()

@@ -271,7 +271,9 @@ class Pi0(NeuracoreModel):
         actions, weight = self._targets(batch)
         b = actions.shape[0]
         noise = torch.randn_like(actions)
-        beta = torch.distributions.Beta(torch.tensor(1.5, device=actions.device), torch.tensor(1.0, device=actions.device))
+        # Constant, valid parameters: skip the argument check, which reads a value back to the host every step.
+        beta = torch.distributions.Beta(torch.tensor(1.5, device=actions.device), torch.tensor(1.0, device=actions.device),
+                                        validate_args=False)
         t = beta.sample((b,)) * 0.999 + 0.001  # t=1 is pure noise; Beta(1.5, 1) favours noisy times
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         prefix, prefix_pad = self._prefix(batch)

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from neuracore.ml.core.errors import CheckpointError
+from neuracore.ml.core.errors import CheckpointError, one_line
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def checkpoint_files(path: str) -> list[Path]:
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{index}: not a safetensors index ({type(exc).__name__}: {exc})") from None
+                raise CheckpointError(f"{index}: not a safetensors index ({one_line(exc)})") from None
             files = [p / name for name in sorted(set(weight_map.values()))]
             for f in files:
                 if not f.is_file():
@@ -125,7 +125,7 @@ def _read_shapes(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...]]]:
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - unreadable or corrupt file
-            raise CheckpointError(f"{f}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
+            raise CheckpointError(f"{f}: not a readable safetensors file ({one_line(exc)})") from None
     return shapes
 
 

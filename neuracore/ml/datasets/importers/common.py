@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import ConfigError, DatasetError
+from neuracore.ml.core.errors import ConfigError, DatasetError, one_line
 from neuracore.ml.datasets.materialize import DatasetLayout, Episode, EpisodeSource
 
 LANGUAGE_ITEM = "instruction"
@@ -62,7 +62,7 @@ def load_mapping(value: str | Path | Mapping[str, Any] | None) -> dict[str, Data
         try:
             data = yaml.safe_load(Path(value).read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"--map {value}: unreadable YAML ({type(exc).__name__}: {exc})") from None
+            raise ConfigError(f"--map {value}: unreadable YAML ({one_line(exc)})") from None
         where = f"--map {value}"
     else:
         data, where = value, "--map"

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import ConfigError, DatasetError
+from neuracore.ml.core.errors import ConfigError, DatasetError, one_line
 from neuracore.ml.datasets.importers.common import (
     LANGUAGE_ITEM,
     ImportOptions,
@@ -55,7 +55,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             if not isinstance(s["items"], list) or not s["items"]:
                 raise ValueError(f"stream {name!r}: 'items' must be a non-empty list")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DatasetError(f"{path}: unreadable episode description ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{path}: unreadable episode description ({one_line(exc)})") from None
     return meta
 
 
@@ -79,10 +79,9 @@ def _load_stream(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"{path}: unreadable stream file (needs 'timestamps' and 'values': {exc})") from None
 
 
-def _load(folder: str, frequency: float, max_delay_s: float, language: str | None) -> Episode:
-    """Read, check and resample one episode folder; runs in a worker process."""
+def _load(folder: str, meta: dict[str, Any], frequency: float, max_delay_s: float, language: str | None) -> Episode:
+    """Read, check and resample one episode folder (`meta`: its checked episode.json); runs in a worker."""
     path = Path(folder)
-    meta = _read_meta(path)
     where = path.name
     streams = {name: _load_stream(path / f"{name}.npz") for name in meta["streams"]}
     synced = synchronize(streams, frequency, max_delay_s, where)
@@ -119,8 +118,8 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
     robots: dict[str, dict[DataType, list[str]]] = {}
     shapes: dict[DataType, dict[str, list[int]]] = {}
     has_language = options.language is not None
-    for folder in folders:
-        meta = _read_meta(folder)
+    metas = [_read_meta(folder) for folder in folders]
+    for folder, meta in zip(folders, metas, strict=True):
         robot = robots.setdefault(str(meta.get("robot", "robot")), {})
         has_language |= bool(meta.get("language"))
         for name, s in meta["streams"].items():
@@ -137,7 +136,7 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
     robots = {r: {dt: d[dt] for dt in DataType if dt in d} for r, d in robots.items()}
     layout = DatasetLayout(robots=robots, item_shapes=shapes)
     max_delay = options.max_delay_s if options.max_delay_s is not None else 2.0 / options.frequency
-    sources = [EpisodeSource(f.name, functools.partial(_load, str(f), options.frequency, max_delay, options.language))
-               for f in folders]
+    sources = [EpisodeSource(f.name, functools.partial(_load, str(f), m, options.frequency, max_delay, options.language))
+               for f, m in zip(folders, metas, strict=True)]
     return ImportPlan(layout, sources, options.frequency, {"kind": "episodes", "path": str(root.resolve()),
                                                            "max_delay_s": max_delay})

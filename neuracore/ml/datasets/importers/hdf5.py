@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import DatasetError
+from neuracore.ml.core.errors import DatasetError, one_line
 from neuracore.ml.datasets.importers.common import (
     Field,
     ImportOptions,
@@ -59,7 +59,7 @@ def _read(group: Any, key: str, where: str) -> np.ndarray:
     try:
         return group[key][()]
     except (OSError, KeyError, ValueError) as exc:
-        raise DatasetError(f"{where}: cannot read {key!r} ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{where}: cannot read {key!r} ({one_line(exc)})") from None
 
 
 def _natural_key(path: Path | str) -> tuple[Any, ...]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import ConfigError, DatasetError
+from neuracore.ml.core.errors import ConfigError, DatasetError, one_line
 from neuracore.ml.datasets.importers.common import (
     Field,
     ImportOptions,
@@ -218,7 +218,7 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
     try:
         info = json.loads(info_file.read_text())
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"{info_file}: not a LeRobot dataset ({type(exc).__name__}: {exc})") from None
+        raise DatasetError(f"{info_file}: not a LeRobot dataset ({one_line(exc)})") from None
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
         raise DatasetError(f"{info_file}: codebase_version {version!r}; only LeRobot v3.x datasets are supported "
