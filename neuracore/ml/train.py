@@ -26,11 +26,18 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
 
     from neuracore.ml.core.model import build_model
     from neuracore.ml.datasets.format import open_dataset
-    from neuracore.ml.trainers.accelerator import choose_run_dir, core_model, make_accelerator, start_distributed
+    from neuracore.ml.trainers.accelerator import (
+        accelerator_defaults_bf16,
+        choose_run_dir,
+        core_model,
+        make_accelerator,
+        start_distributed,
+    )
     from neuracore.ml.trainers.batch_plan import decide_batch_size, write_resolved_config
     from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
-    from neuracore.ml.trainers.data import build_data, make_loader
+    from neuracore.ml.trainers.data import build_data, check_full_batches, make_loader
     from neuracore.ml.trainers.loop import LoopParts, fit
+    from neuracore.ml.trainers.step import build_step
     from neuracore.ml.trainers.run_folder import (
         discard_unstarted_run,
         export_run,
@@ -49,8 +56,9 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         accelerator = make_accelerator(config, run_dir)
         setup_logging(run_dir, accelerator.is_main_process)
         logger.info(
-            "world_size=%d device=%s mixed_precision=%s distributed=%s run_dir=%s",
+            "world_size=%d device=%s mixed_precision=%s%s distributed=%s run_dir=%s",
             accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
+            " (the default on this GPU; mixed_precision=no for fp32)" if accelerator_defaults_bf16(config) else "",
             accelerator.distributed_type.value, run_dir,
         )
         set_seed(config.seed)
@@ -74,7 +82,8 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         write_resolved_config(accelerator, run_dir, config, batch_size, accumulation)
 
         pin = accelerator.device.type == "cuda"
-        train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin)
+        check_full_batches(len(data.train), batch_size, accelerator.num_processes)
+        train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin, drop_last=True)
         val_loader = make_loader(data.validation, batch_size, config, shuffle=False, pin_memory=pin) if data.validation else None
         sampler = train_loader.sampler
         steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / accumulation)
@@ -99,8 +108,10 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         start_tracking(accelerator, config.raw)
         accelerator.log({"model/num_parameters": float(total_params), "model/trainable_parameters": float(trainable)},
                         step=trainer_state.step)
+        step = build_step(accelerator, model, optimizers, config.training.max_grad_norm, config.compile,
+                          cuda_graphs=config.training.cuda_graphs)
         parts = LoopParts(model, optimizers, schedulers, train_loader, val_loader, sampler, total_steps,
-                          steps_per_epoch, batch_size)
+                          steps_per_epoch, batch_size, step)
         dataset_info = {
             "name": dataset.spec.name,
             "fingerprint": dataset.spec.fingerprint,
@@ -143,7 +154,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         "world_size": accelerator.num_processes,
     }
     if config.compile:
-        summary["compile"] = _compile_report(model)
+        summary["compile"] = _compile_report(model, parts.step)
         logger.info("torch.compile: %s", summary["compile"])
     logger.info(
         "done: %d steps in %.0f s (%.1f samples/s); train loss %s; validation loss %s; model at %s",
@@ -153,12 +164,14 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     return summary
 
 
-def _compile_report(model: Any) -> dict[str, Any]:
-    """What torch.compile did in this process: whether the model is compiled, graphs and breaks."""
+def _compile_report(model: Any, step: Any) -> dict[str, Any]:
+    """What torch.compile did in this process: the whole step or the model alone, graphs and breaks."""
     import torch._dynamo
 
     counters = torch._dynamo.utils.counters
     return {
+        "whole_step": bool(step.compiled),
+        "cuda_graphs": bool(getattr(step, "graphed", False)),
         "compiled_module": isinstance(model, torch._dynamo.eval_frame.OptimizedModule),
         "graphs": int(counters["stats"].get("unique_graphs", 0)),
         "graph_breaks": int(sum(counters["graph_break"].values())),

@@ -25,6 +25,7 @@ class LoopOptions:
     max_grad_norm: float | None = 1.0
     validation_frequency: int | None = None
     log_images: bool = True
+    cuda_graphs: bool = True  # with compile=true on CUDA: capture the compiled step once and replay it
 
 
 @dataclass

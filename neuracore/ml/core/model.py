@@ -93,8 +93,26 @@ class NeuracoreModel(nn.Module, abc.ABC):
         """
         return {}
 
+    def prepare_batch(self, batch: Batch) -> Batch:
+        """Host-side work on a batch before the step program runs (e.g. tokenising language); default: none.
+
+        Whatever needs Python objects (strings) happens here, so `training_step` is tensor work only
+        and compiles as one graph.
+        """
+        return batch
+
+    def prepare_training_state(self) -> None:
+        """Create training-only state (e.g. EMA shadow weights) on the weights' device before the first step."""
+
+    def update_in_step(self) -> None:
+        """Tensor-only update right after each optimizer step, inside the (compiled) step program.
+
+        E.g. an EMA of the weights. It must not read values back to the host (no `.item()`, no
+        Python branch on a tensor): with `compile=true` it is traced into the step's graph. Default: nothing.
+        """
+
     def on_optimizer_step(self, step: int) -> None:
-        """Called after every optimizer step (e.g. to update an EMA of the weights); default: nothing."""
+        """Host-side hook after every optimizer step, outside the step program; default: nothing."""
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Training state outside parameters, buffers and optimizers (e.g. an EMA of the weights).

@@ -71,18 +71,36 @@ def choose_run_dir(config: TrainConfig, state: PartialState, job_num: int | None
     return Path(chosen[0])
 
 
+def accelerator_defaults_bf16(config: TrainConfig) -> bool:
+    """True when neither the config nor the accelerate launch chose a precision and the GPU runs bf16."""
+    if config.mixed_precision is not None or os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return False
+    return not _use_cpu(config) and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def apply_gpu_defaults() -> None:
+    """TF32 matmuls/convolutions and cuDNN autotuning: what every peer sets on Ampere and later."""
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True  # static shapes (full batches): the tuned kernels are reused
+
+
 def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
     """The Accelerator: devices, DDP, mixed precision, accumulation and TensorBoard in `run_dir`."""
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir), automatic_checkpoint_naming=False)
+    if not _use_cpu(config):
+        apply_gpu_defaults()
     accelerator = Accelerator(
         cpu=_use_cpu(config),
-        mixed_precision=config.mixed_precision,
+        mixed_precision="bf16" if accelerator_defaults_bf16(config) else config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with="tensorboard",
         project_config=project,
         step_scheduler_with_optimizer=False,
-        # accelerate compiles the model in prepare(); None leaves ACCELERATE_DYNAMO_BACKEND in charge.
-        dynamo_backend="inductor" if config.compile else None,
+        # One process: trainers/step.py compiles the whole step. Several: accelerate compiles the model in
+        # prepare() (DDP's all-reduce hooks stay outside the graph). None leaves ACCELERATE_DYNAMO_BACKEND in charge.
+        dynamo_backend="inductor" if config.compile and PartialState().num_processes > 1 else None,
     )
     wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
     if wants_fsdp and accelerator.distributed_type != DistributedType.FSDP:

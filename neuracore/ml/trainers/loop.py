@@ -45,6 +45,7 @@ class LoopParts:
     total_steps: int
     steps_per_epoch: int
     batch_size: int
+    step: Any = None  # the step program (EagerStep or CompiledStep from trainers/step.py)
 
 
 @dataclass
@@ -91,26 +92,12 @@ class StepFailed(Exception):
         self.weights_touched = weights_touched
 
 
-def train_step(accelerator: Accelerator, parts: LoopParts, batch: dict[str, Any], max_grad_norm: float | None):
-    """One micro-batch: forward, backward and (on the last micro-batch) clip + optimizer step."""
-    grad_norm = None
-    stepping = False
+def train_step(parts: LoopParts, batch: dict[str, Any]):
+    """One micro-batch through the step program (see `step.py`); failures say whether weights were touched."""
     try:
-        with accelerator.accumulate(parts.model):
-            losses = parts.model(batch)
-            accelerator.backward(losses["loss"])
-            if accelerator.sync_gradients:
-                limit = max_grad_norm if max_grad_norm else float("inf")
-                grad_norm = accelerator.clip_grad_norm_(parts.model.parameters(), limit)
-            stepping = True
-            for optimizer in parts.optimizers:
-                optimizer.step()
-            stepping = False
-            for optimizer in parts.optimizers:
-                optimizer.zero_grad(set_to_none=True)
+        return parts.step(batch)
     except Exception as exc:  # re-raised with where it happened
-        raise StepFailed(exc, weights_touched=stepping and accelerator.sync_gradients) from exc
-    return losses, grad_norm
+        raise StepFailed(exc, weights_touched=parts.step.stepping) from exc
 
 
 def _stop_alone_for_memory(accelerator: Accelerator, run_dir: Path, batch_size: int, step: int) -> None:
@@ -235,7 +222,7 @@ def fit(
                 log_image_grid(accelerator, batch, state.step)
                 images_logged = True
             try:
-                losses, grad_norm = train_step(accelerator, parts, batch, config.training.max_grad_norm)
+                losses, grad_norm = train_step(parts, batch)
             except StepFailed as failed:
                 if not should_reduce_batch_size(failed.cause):
                     raise failed.cause from None

@@ -131,6 +131,7 @@ class DiffusionPolicy(NeuracoreModel):
         self.horizon = mid.output_prediction_horizon
         self.use_ema, self.ema_power, self.ema_max_decay = use_ema, ema_power, ema_max_decay
         self._ema: EMAModel | None = None
+        self._ema_steps: torch.Tensor | None = None  # EMA updates so far, kept on the device
         # Resolved here and exported (see `hyperparameters`): a rebuild for inference skips the
         # pretrained download but must keep the trained normalisation layers.
         self.use_group_norm = (not use_pretrained_weights) if use_group_norm is None else bool(use_group_norm)
@@ -300,18 +301,41 @@ class DiffusionPolicy(NeuracoreModel):
             use_ema_warmup=True, inv_gamma=1.0, power=self.ema_power, foreach=True,
         )
 
-    def on_optimizer_step(self, step: int) -> None:
-        """Update the EMA of the weights (created at the first step, on the weights' device)."""
+    def prepare_training_state(self) -> None:
+        """Create the EMA (shadow weights on the weights' device, and its step counter as a device tensor)."""
+        if self.use_ema and self._ema is None:
+            self._ema = self._new_ema()
+            self._ema_steps = torch.zeros((), dtype=torch.float32, device=next(self.parameters()).device)
+
+    @torch.no_grad()
+    def update_in_step(self) -> None:
+        """One EMA update after an optimizer step, as tensor ops (traced into a compiled step).
+
+        The same schedule as diffusers' `EMAModel.step` (warm-up decay `1 - (1 + n)^-power` capped at
+        `ema_max_decay`, 0 at the first step), with the counter on the device so no step reads it back.
+        """
         if not self.use_ema:
             return
-        if self._ema is None:
-            self._ema = self._new_ema()
-        self._ema.step(self.parameters())
+        self.prepare_training_state()
+        ema = self._ema
+        self._ema_steps.add_(1)
+        n = (self._ema_steps - 1 - ema.update_after_step).clamp_min(0)
+        decay = (1 - (1 + n / ema.inv_gamma) ** -ema.power).clamp(ema.min_decay, ema.decay)
+        decay = torch.where(n > 0, decay, torch.zeros_like(decay))
+        trained = [(s, p) for s, p in zip(ema.shadow_params, self.parameters(), strict=True) if p.requires_grad]
+        frozen = [(s, p) for s, p in zip(ema.shadow_params, self.parameters(), strict=True) if not p.requires_grad]
+        if trained:
+            shadows, params = [s for s, _ in trained], [p for _, p in trained]
+            # s <- s - (1 - decay) * (s - p), diffusers' update, with a tensor weight
+            torch._foreach_add_(shadows, torch._foreach_mul(torch._foreach_sub(shadows, params), decay - 1))
+        for s, p in frozen:
+            s.copy_(p)
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The EMA: one shadow tensor per parameter (`ema.<name>`) and its counters as JSON metadata."""
         if self._ema is None:
             return {}, {}
+        self._ema.optimization_step = int(self._ema_steps)  # read back here, at checkpoint time only
         state = self._ema.state_dict()
         shadows = state.pop("shadow_params")
         names = [name for name, _ in self.named_parameters()]
@@ -343,6 +367,8 @@ class DiffusionPolicy(NeuracoreModel):
         state["shadow_params"] = [tensors[f"ema.{n}"].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
         self._ema = self._new_ema()
         self._ema.load_state_dict(state)
+        device = next(self.parameters()).device
+        self._ema_steps = torch.tensor(float(self._ema.optimization_step), dtype=torch.float32, device=device)
 
     @contextlib.contextmanager
     def inference_weights(self) -> Iterator[None]:

@@ -29,6 +29,9 @@ from neuracore.ml.core.registry import register_algorithm
 logger = logging.getLogger(__name__)
 
 _VECTORS = STATE_LIKE | ACTION_LIKE
+# Batch keys `prepare_batch` adds: prompt token ids `[B, L]` and their real-token mask.
+LANGUAGE_TOKENS = "language_tokens"
+LANGUAGE_TOKEN_MASK = "language_token_mask"
 # SigLIP's preprocessing: [0, 1] → [-1, 1] (mean 0.5, std 0.5 per channel).
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -205,11 +208,21 @@ class Pi0(NeuracoreModel):
             batch_size = b
         else:
             batch_size = self._batch_size(batch)
-        prompts = list(batch[keys.LANGUAGE]) if self.uses_language else [self.default_prompt] * batch_size
-        ids, mask = self.tokenizer(prompts, self.max_token_len)
+        if LANGUAGE_TOKENS not in batch:
+            batch = self.prepare_batch(batch, batch_size)
+        ids, mask = batch[LANGUAGE_TOKENS], batch[LANGUAGE_TOKEN_MASK]
         parts.append(self.backbone.embed_language(ids.to(device)).to(self._dtype))
         pads.append(mask.to(device))
         return torch.cat([p.to(self._dtype) for p in parts], 1), torch.cat(pads, 1)
+
+    def prepare_batch(self, batch: Batch, batch_size: int | None = None) -> Batch:
+        """Tokenise the prompts on the host, so the step itself is tensor work only (one compiled graph)."""
+        if batch_size is None:
+            batch_size = self._batch_size(batch)
+        prompts = list(batch[keys.LANGUAGE]) if self.uses_language else [self.default_prompt] * batch_size
+        ids, mask = self.tokenizer(prompts, self.max_token_len)
+        device = self.state_proj.weight.device
+        return {**batch, LANGUAGE_TOKENS: ids.to(device, non_blocking=True), LANGUAGE_TOKEN_MASK: mask.to(device)}
 
     def _batch_size(self, batch: Batch) -> int:
         tensors = list(batch[keys.INPUTS].values()) or [batch[keys.IS_PAD]]
