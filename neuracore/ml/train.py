@@ -35,15 +35,15 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     )
     from neuracore.ml.trainers.batch_plan import decide_batch_size, write_resolved_config
     from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
-    from neuracore.ml.trainers.data import build_data, check_full_batches, make_loader
+    from neuracore.ml.trainers.data import build_data, check_full_batches, device_decode_collate, make_loader
     from neuracore.ml.trainers.loop import LoopParts, fit
-    from neuracore.ml.trainers.step import build_step
     from neuracore.ml.trainers.run_folder import (
         discard_unstarted_run,
         export_run,
         prepare_run_folder,
         setup_logging,
     )
+    from neuracore.ml.trainers.step import build_step
     from neuracore.ml.trainers.tracking import count_parameters, start_tracking
 
     state = start_distributed(config)
@@ -82,15 +82,21 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         write_resolved_config(accelerator, run_dir, config, batch_size, accumulation)
 
         pin = accelerator.device.type == "cuda"
+        # JPEG frames travel encoded and are decoded on the GPU, a batch at a time (CPU: in the workers).
+        collate_fn = device_decode_collate(data, accelerator.device)
         check_full_batches(len(data.train), batch_size, accelerator.num_processes)
-        train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin, drop_last=True)
-        val_loader = make_loader(data.validation, batch_size, config, shuffle=False, pin_memory=pin) if data.validation else None
+        train_loader = make_loader(data.train, batch_size, config, shuffle=True, pin_memory=pin, drop_last=True,
+                                   collate_fn=collate_fn)
+        val_loader = make_loader(data.validation, batch_size, config, shuffle=False, pin_memory=pin,
+                                 collate_fn=collate_fn) if data.validation else None
         sampler = train_loader.sampler
         steps_per_epoch = math.ceil(math.ceil(len(train_loader) / accelerator.num_processes) / accumulation)
         total_steps = config.max_steps or config.epochs * steps_per_epoch
         schedulers = core_model(accelerator, model).configure_schedulers([o.optimizer for o in optimizers], total_steps)
         loaders = [train_loader] + ([val_loader] if val_loader else [])
-        prepared = accelerator.prepare(*schedulers, *loaders)
+        # The loop's DevicePrefetcher owns the host-to-device copy (side stream, one batch ahead).
+        prepared = accelerator.prepare(*schedulers, *loaders,
+                                       device_placement=[True] * len(schedulers) + [False] * len(loaders))
         schedulers = list(prepared[: len(schedulers)])
         train_loader, val_loader = (list(prepared[len(schedulers):]) + [None])[:2]
         trainer_state = TrainerState(

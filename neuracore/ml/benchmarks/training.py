@@ -2,8 +2,11 @@
 
 Builds the algorithm at its default config (plus `algorithm.<key>=value` overrides) for synthetic
 batches of real shapes — by default one 224x224 camera and 14-dim state/action — and times full
-training steps (forward, backward, optimizer step, EMA hook) after warm-up. CNNMLP is measured in
-the same process as the baseline.
+training steps after warm-up, through the step programs training runs (`trainers/step.py`):
+`eager`, `compiled` (forward, backward, clip, AdamW and EMA as one compiled graph) and, on CUDA,
+`graphed` (that program captured as a CUDA graph and replayed). The first steps of a compiled mode
+(compile + capture) are reported apart. CNNMLP is measured in the same process as the baseline;
+with `--peers`, LeRobot's own ACT and Diffusion policies too (`benchmarks/peers.py`).
 """
 
 from __future__ import annotations
@@ -47,7 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     parser.add_argument("--no-baseline", action="store_true", help=f"skip the {BASELINE} comparison")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time LeRobot's own policy of the same kind (act, diffusion_policy) in this process")
+    parser.add_argument("--modes", default="eager",
+                        help="comma-separated step programs: eager, compiled, graphed (CUDA only), or all")
+    parser.add_argument("--compile", action="store_true", help="same as --modes eager,compiled")
     parser.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both",
                         help="fp32, bf16 autocast, or both (bf16 only where the device supports it)")
 
@@ -147,30 +154,50 @@ def _sync(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+MODES = ("eager", "compiled", "graphed")
+
+
 def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: torch.device,
-            dtype: torch.dtype | None) -> dict[str, float]:
-    """Median samples/s and peak memory of full training steps of `name`."""
+            dtype: torch.dtype | None, mode: str = "eager") -> dict[str, float]:
+    """Median samples/s, peak memory and compile/capture seconds of full training steps of `name`."""
+    from accelerate import Accelerator
+
+    from neuracore.ml.trainers.accelerator import apply_gpu_defaults, reset_accelerate_state
+    from neuracore.ml.trainers.step import CompiledStep, EagerStep
+
     cls = get_algorithm(name)
     history = max(int(getattr(cls, "observation_history", 1)), 1)
     mid = model_init(args)
     torch.manual_seed(0)
     params = {"use_pretrained_weights": False, **hyper} if "use_pretrained_weights" in cls.hyperparameter_defaults() \
         else dict(hyper)
-    model = build_model(cls, mid, params).to(device).train()
-    optimizers = model.configure_optimizers()
-    step_model = torch.compile(model) if args.compile else model
-    batch = synthetic_batch(mid, args.batch_size, history, device)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    reset_accelerate_state()
+    if device.type == "cuda":
+        apply_gpu_defaults()
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if dtype is not None else "no")
+    model = build_model(cls, mid, params)
+    model, *optimizers = accelerator.prepare(model, *model.configure_optimizers())
+    if mode == "eager":
+        step = EagerStep(accelerator, model, optimizers, 1.0)
+    else:
+        torch._dynamo.reset()
+        step = CompiledStep(accelerator, model, optimizers, 1.0, cuda_graphs=mode == "graphed")
+    batch = synthetic_batch(mid, args.batch_size, history, accelerator.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss = _PeakRss() if device.type != "cuda" else contextlib.nullcontext()
-    times = []
+    times: list[float] = []
     with rss:
-        _steps(args, step_model, model, optimizers, batch, autocast, device, times)
+        _steps(args, step, batch, accelerator.device, times)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else rss.peak / 2**30
-    median = statistics.median(times)
-    return {"params_m": sum(p.numel() for p in model.parameters()) / 1e6, "step_ms": median * 1e3,
-            "samples_per_s": args.batch_size / median, "peak_gib": peak}
+    timed = times[args.warmup:]
+    median = statistics.median(timed)
+    core = accelerator.unwrap_model(model)
+    reset_accelerate_state()
+    return {"params_m": sum(p.numel() for p in core.parameters()) / 1e6, "step_ms": median * 1e3,
+            "samples_per_s": args.batch_size / median, "peak_gib": peak,
+            # what the first steps cost beyond steady-state steps: compile + CUDA-graph capture
+            "warmup_overhead_s": max(sum(times[: args.warmup]) - args.warmup * median, 0.0)}
 
 
 class _PeakRss:
@@ -196,21 +223,14 @@ class _PeakRss:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
-def _steps(args, step_model, model, optimizers, batch, autocast, device, times) -> None:
-    """Warm-up then timed full training steps (forward, backward, optimizer, EMA update)."""
-    for i in range(args.warmup + args.steps):
+def _steps(args, step, batch, device, times) -> None:
+    """Warm-up then timed full training steps (the step program: forward, backward, clip, optimizer, EMA)."""
+    for _ in range(args.warmup + args.steps):
         _sync(device)
         start = time.perf_counter()
-        with autocast:
-            loss = step_model(batch)["loss"]
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        model.on_optimizer_step(i + 1)
+        step(batch)
         _sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
 
 
 def _bf16_supported(device: torch.device) -> bool:
@@ -232,21 +252,62 @@ def run(args: argparse.Namespace) -> int:
             args.horizon = yaml_horizon
         name, hyper = base, {**yaml_hyper, **hyper}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    modes = _modes(args, device)
     precisions: list[tuple[str, torch.dtype | None]] = []
     if args.precision in ("both", "fp32"):
         precisions.append(("fp32", None))
     if args.precision in ("both", "bf16") and _bf16_supported(device):
         precisions.append(("bf16", torch.bfloat16))
+    peer_reason = None
+    if args.peers:
+        from neuracore.ml.benchmarks import peers
+
+        peer_reason = peers.peers_available() or (None if name in peers.PEERS else
+                                                  f"LeRobot has no counterpart of {name} here ({', '.join(peers.PEERS)})")
     print(f"device={device} batch={args.batch_size} cameras={args.cameras} image={args.image_size} "
           f"state={args.state_dim} action={args.action_dim} horizon={args.horizon} steps={args.steps} (median)")
+    if peer_reason:
+        print(f"peers: not measured ({peer_reason})")
     for label, dtype in precisions:
-        result = measure(name, hyper, args, device, dtype)
-        line = (f"{shown} {label}: {result['samples_per_s']:.5g} samples/s ({result['step_ms']:.5g} ms/step), "
-                f"{result['params_m']:.1f}M params, "
-                f"{'peak GPU memory' if device.type == 'cuda' else 'peak RSS'} {result['peak_gib']:.2f} GiB")
-        if not args.no_baseline and name != BASELINE:
-            base = measure(BASELINE, {}, args, device, dtype)
-            ratio = result["samples_per_s"] / base["samples_per_s"]
-            line += f"; {BASELINE} {base['samples_per_s']:.5g} samples/s, ratio {ratio:.3g}x"
-        print(line, flush=True)
+        eager = None
+        for mode in modes:
+            result = measure(name, hyper, args, device, dtype, mode)
+            eager = eager or result
+            line = (f"{shown} {label} {mode}: {result['samples_per_s']:.5g} samples/s ({result['step_ms']:.5g} ms/step), "
+                    f"{result['params_m']:.1f}M params, "
+                    f"{'peak GPU memory' if device.type == 'cuda' else 'peak RSS'} {result['peak_gib']:.2f} GiB")
+            if mode != "eager":
+                line += f", compile+capture {result['warmup_overhead_s']:.1f} s"
+                if eager is not result:
+                    line += f", {result['samples_per_s'] / eager['samples_per_s']:.3g}x eager"
+            if not args.no_baseline and name != BASELINE:
+                base = measure(BASELINE, {}, args, device, dtype, mode)
+                ratio = result["samples_per_s"] / base["samples_per_s"]
+                line += f"; {BASELINE} {base['samples_per_s']:.5g} samples/s, ratio {ratio:.3g}x"
+            print(line, flush=True)
+            if args.peers and not peer_reason:
+                from neuracore.ml.benchmarks import peers
+
+                peer = peers.measure_peer(name, args, device, dtype, compile=mode != "eager")
+                print(f"lerobot {name} {label} {'eager' if mode == 'eager' else 'compiled'}: "
+                      f"{peer['samples_per_s']:.5g} samples/s ({peer['step_ms']:.5g} ms/step), "
+                      f"{peer['params_m']:.1f}M params, horizon {peer['horizon']}; "
+                      f"neuracore/lerobot {result['samples_per_s'] / peer['samples_per_s']:.3g}x", flush=True)
     return 0
+
+
+def _modes(args: argparse.Namespace, device: torch.device) -> list[str]:
+    """The step programs to time, in order (graphed needs CUDA: refused elsewhere with one line)."""
+    text = "eager,compiled,graphed" if args.modes == "all" else args.modes
+    if args.compile and args.modes == "eager":
+        text = "eager,compiled"
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    for mode in modes:
+        if mode not in MODES:
+            raise ConfigError(f"--modes: {mode!r} is not a step program; valid: {', '.join(MODES)} or all")
+    if "graphed" in modes and device.type != "cuda":
+        if args.modes == "all":
+            modes.remove("graphed")
+        else:
+            raise ConfigError(f"--modes graphed: CUDA graphs need a CUDA device (this run is on {device.type})")
+    return modes

@@ -11,7 +11,9 @@ import torch
 
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.errors import DatasetError
 from neuracore.ml.datasets.data_spec import ResolvedFeature
+from neuracore.ml.datasets.encoded import EncodedImages, is_jpeg_feature
 from neuracore.ml.datasets.format import MaterializedDataset, decode_images
 
 
@@ -34,7 +36,12 @@ def _read_rows(table: pa.Table, column: str, start: int, length: int, width: int
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Map-style dataset of windows over the selected episodes of a materialised dataset."""
+    """Map-style dataset of windows over the selected episodes of a materialised dataset.
+
+    With `encoded_images=True`, image features stored as JPEG are not decoded here (in the loader
+    workers) but served as `EncodedImages`, for `encoded.collate` and a device-side decode
+    (`trainers.prefetch`); PNG and raw images are read as always.
+    """
 
     def __init__(
         self,
@@ -45,6 +52,7 @@ class WindowDataset(torch.utils.data.Dataset):
         history: int,
         horizon: int,
         default_language: str = "",
+        encoded_images: bool = False,
     ) -> None:
         self.table = dataset.table
         self.spec = dataset.spec
@@ -57,6 +65,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.episode_ids = np.repeat(np.asarray(list(episodes), np.int64), [e.length for e in eps])
         self.frame_ids = np.concatenate([np.arange(e.length) for e in eps]) if eps else np.zeros(0, np.int64)
         self._widths = {name: col.row_width for name, col in self.spec.columns.items()}
+        self.encoded_images = encoded_images
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -77,6 +86,15 @@ class WindowDataset(torch.utils.data.Dataset):
                 frames = self.table.column(col).slice(start, n).to_pylist()
                 cams.append(decode_images(frames, [h, w, c], f"column {col} row {start}"))
         return np.ascontiguousarray(np.stack(cams, 1).transpose(0, 1, 4, 2, 3))  # [n, N_cam, C, H, W]
+
+    def _encoded(self, feature: ResolvedFeature, start: int, n: int, rows: np.ndarray) -> EncodedImages:
+        """The JPEG bytes of frames `start + rows` (of the `n` from `start`), undecoded, as `[T, N_cam, C, H, W]`."""
+        h, w, c = feature.item_shape
+        cams = [self.table.column(col).slice(start, n).to_pylist() for col in feature.columns]
+        frames = [cam[r] for r in rows.tolist() for cam in cams]  # row-major over [T, N_cam]
+        if any(not f for f in frames):
+            raise DatasetError(f"columns {feature.columns} rows {start}..{start + n - 1}: a frame has no JPEG bytes")
+        return EncodedImages.from_frames(frames, (len(rows), len(cams), c, h, w))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         ep_id = int(self.episode_ids[index])
@@ -106,8 +124,11 @@ class WindowDataset(torch.utils.data.Dataset):
                         vector_cache[cache_key] = self._vector(feature, ep.start + lo, hi - lo)
                     values = vector_cache[cache_key][steps - lo]
                 else:  # images are only read for the input rows
-                    values = self._images(feature, ep.start + int(steps[0]), int(steps[-1] - steps[0]) + 1)
-                    values = values[steps - steps[0]]
+                    first, n = ep.start + int(steps[0]), int(steps[-1] - steps[0]) + 1
+                    if self.encoded_images and is_jpeg_feature(self.spec, feature):
+                        values = self._encoded(feature, first, n, steps - steps[0])
+                    else:
+                        values = self._images(feature, first, n)[steps - steps[0]]
                 sample[values_key][dt.value] = values
                 sample[masks_key][dt.value] = feature.robot_masks[ep.robot]
         sample[keys.IS_PAD] = out_range >= length

@@ -9,12 +9,13 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import send_to_device
 
 from neuracore.ml.config.schema import TrainConfig
+from neuracore.ml.datasets.encoded import collate
 from neuracore.ml.trainers.autotune import autotune_batch_size, plan_effective_batch
 from neuracore.ml.trainers.checkpoint import TrainerState
 from neuracore.ml.trainers.data import DataBundle, EpochSampler
+from neuracore.ml.trainers.prefetch import to_device
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,9 @@ def _batch_maker(data: DataBundle, accelerator: Accelerator, seed: int):
     def make(size: int) -> dict[str, Any]:
         loader = torch.utils.data.DataLoader(
             data.train, batch_size=size, sampler=EpochSampler(len(data.train), seed), num_workers=0,
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(seed), collate_fn=collate,  # also windows with encoded_images
         )
-        return send_to_device(next(iter(loader)), accelerator.device)
+        return to_device(next(iter(loader)), accelerator.device)
 
     return make
 

@@ -23,6 +23,7 @@ from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.trainers.accelerator import core_model
 from neuracore.ml.trainers.checkpoint import TrainerState, save_checkpoint
 from neuracore.ml.trainers.memory_monitor import ADVICE, MemoryLimitExceeded, MemoryMonitor
+from neuracore.ml.trainers.prefetch import DevicePrefetcher
 from neuracore.ml.trainers.tracking import log_image_grid, log_scalars
 from neuracore.ml.utils.memory import gpu_memory_bytes, process_tree_rss_bytes
 
@@ -144,7 +145,7 @@ def validate(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> d
     count = torch.zeros((), device=accelerator.device)
     try:
         with core_model(accelerator, model).inference_weights():
-            for batch in loader:
+            for batch in DevicePrefetcher(loader, accelerator.device):
                 losses = model(batch)
                 n = _batch_size_of(batch)
                 for key, value in losses.items():
@@ -210,7 +211,7 @@ def fit(
         loader = parts.train_loader
         if state.batches_in_epoch:
             loader = accelerator.skip_first_batches(parts.train_loader, state.batches_in_epoch)
-        iterator = iter(loader)
+        iterator = iter(DevicePrefetcher(loader, accelerator.device))
         while True:
             fetch = time.perf_counter()
             try:

@@ -92,6 +92,8 @@ class CompiledStep:
         self.device_type, self.bf16 = device.type, accelerator.mixed_precision == "bf16"
         self.core.prepare_training_state()
         self.groups = _functional_adam_groups(self.optimizers, device)
+        for optimizer in self.optimizers:
+            optimizer._opt_called = True  # the LR schedulers' "step() before optimizer.step()" check: it does step
         self.params = [p for group in self.groups for p in group["params"]]
         # Gradients are summed here across the micro-batches of one optimizer step (accumulation > 1 only).
         self.grad_sums = [torch.zeros_like(p) for p in self.params] if self.accumulation > 1 else None

@@ -146,7 +146,7 @@ def test_ema_weights_are_swapped_in_for_inference_and_back_out():
         model(batch)["loss"].backward()
         opt.step()
         opt.zero_grad()
-        model.on_optimizer_step(step)
+        model.update_in_step()
     training = {n: p.detach().clone() for n, p in model.named_parameters()}
     with model.inference_weights():
         ema = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -158,7 +158,7 @@ def test_ema_weights_are_swapped_in_for_inference_and_back_out():
     assert set(tensors) == {f"ema.{n}" for n in training}
     assert all(torch.equal(tensors[f"ema.{n}"], ema[n]) for n in training)
     off = tiny(mid, use_ema=False)
-    off.on_optimizer_step(1)
+    off.update_in_step()
     assert off.checkpoint_state() == ({}, {})
 
 
@@ -171,7 +171,7 @@ def test_ema_checkpoint_state_round_trips_exactly_and_is_checked():
         model(batch)["loss"].backward()
         opt.step()
         opt.zero_grad()
-        model.on_optimizer_step(step)
+        model.update_in_step()
     tensors, metadata = model.checkpoint_state()
     tensors = {k: v.clone() for k, v in tensors.items()}
     restored = tiny(mid).train()
@@ -182,7 +182,7 @@ def test_ema_checkpoint_state_round_trips_exactly_and_is_checked():
         torch.manual_seed(0)
         m(batch)["loss"].backward()
         torch.optim.SGD(m.parameters(), lr=0.1).step()
-        m.on_optimizer_step(3)
+        m.update_in_step()
     a, b = model.checkpoint_state(), restored.checkpoint_state()
     assert a[1] == b[1] and json.loads(a[1]["ema"])["optimization_step"] == 3
     assert all(torch.equal(a[0][k], b[0][k]) for k in a[0])
@@ -250,3 +250,26 @@ def test_two_cameras_and_a_missing_camera_is_ignored():
     images[:, :, 1] = 255 - images[:, :, 1]
     b = model.predict(batch)[DataType.JOINT_TARGET_POSITIONS.value]
     torch.testing.assert_close(a, b)
+
+
+def test_device_side_ema_update_follows_diffusers_ema_model_exactly():
+    """`update_in_step` (tensor ops, traced into a compiled step) gives diffusers' EMAModel.step schedule."""
+    from diffusers.training_utils import EMAModel
+
+    mid = spec()
+    model = tiny(mid).train()
+    batch = synthetic_batch(mid, 2, 2, CPU)
+    (opt,) = model.configure_optimizers()
+    reference = None
+    for step in range(1, 6):
+        model(batch)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        if reference is None:  # created at the first step, like the model's own
+            reference = EMAModel(model.parameters(), decay=model.ema_max_decay, min_decay=0.0, update_after_step=0,
+                                 use_ema_warmup=True, inv_gamma=1.0, power=model.ema_power, foreach=True)
+        reference.step(model.parameters())
+        model.update_in_step()
+        worst = max((a - b).abs().max().item() for a, b in zip(model._ema.shadow_params, reference.shadow_params))
+        assert worst < 1e-6, (step, worst)
+    assert json.loads(model.checkpoint_state()[1]["ema"])["optimization_step"] == 5 == reference.optimization_step

@@ -26,7 +26,7 @@ def test_prints_samples_per_second_in_fp32_and_bf16_with_the_cnnmlp_ratio(capsys
     assert training.run(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("device=cpu batch=2 cameras=1 image=32 state=14 action=14 horizon=4")
-    pattern = re.compile(r"^act (fp32|bf16): ([\d.]+) samples/s \(([\d.]+) ms/step\), ([\d.]+)M params, peak RSS "
+    pattern = re.compile(r"^act (fp32|bf16) eager: ([\d.]+) samples/s \(([\d.]+) ms/step\), ([\d.]+)M params, peak RSS "
                          r"([\d.]+) GiB; cnnmlp ([\d.]+) samples/s, ratio ([\d.]+)x$")
     matches = [pattern.match(line) for line in out[1:]]
     assert [m.group(1) for m in matches if m] == ["fp32", "bf16"], out
@@ -42,7 +42,7 @@ def test_diffusion_policy_gets_two_observation_frames(capsys: pytest.CaptureFixt
                   "algorithm.unet_down_dims=[16,32]", "algorithm.unet_n_groups=4", "--no-baseline", "--device", "cpu"])
     assert training.run(args) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("diffusion_policy fp32: ") and "cnnmlp" not in lines[1]
+    assert lines[1].startswith("diffusion_policy fp32 eager: ") and "cnnmlp" not in lines[1]
 
 
 def test_a_configuration_such_as_pi0_tiny_uses_its_yaml(capsys: pytest.CaptureFixture[str]):
@@ -51,7 +51,7 @@ def test_a_configuration_such_as_pi0_tiny_uses_its_yaml(capsys: pytest.CaptureFi
     assert training.run(args) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "horizon=10 " in lines[0]  # pi0_tiny.yaml's output_prediction_horizon
-    assert re.match(r"^pi0_tiny fp32: [\d.]+ samples/s .*, 0\.2M params, peak RSS", lines[1]), lines[1]
+    assert re.match(r"^pi0_tiny fp32 eager: [\d.]+ samples/s .*, 0\.2M params, peak RSS", lines[1]), lines[1]
     assert training.config_variant("pi0_tiny")[0] == "pi0"
     assert training.config_variant("pi0_tiny")[1]["lr"] == pytest.approx(1e-3)
     with pytest.raises(ConfigError, match=r"algorithm='pi0_huge': unknown algorithm; valid: .*pi0_tiny"):
@@ -63,7 +63,22 @@ def test_a_configuration_such_as_pi0_tiny_uses_its_yaml(capsys: pytest.CaptureFi
     (["algorithm=act", "lr=1"], "lr: unknown benchmark key"),
     (["algorithm=act", "batch_size=big"], "batch_size='big': expected a non-negative integer"),
     (["algorithm=nope"], "algorithm='nope': unknown algorithm"),
+    (["algorithm=act", "--modes", "eager,fast"], "--modes: 'fast' is not a step program; valid: eager, compiled, graphed"),
+    (["algorithm=act", "--modes", "graphed", "--device", "cpu"], "--modes graphed: CUDA graphs need a CUDA device"),
 ])
 def test_bad_arguments_are_one_line_errors(argv: list[str], message: str):
     with pytest.raises(ConfigError, match=re.escape(message)):
         training.run(parse(argv))
+
+
+@pytest.mark.slow
+def test_compiled_mode_reports_compile_time_and_ratio_to_eager(capsys: pytest.CaptureFixture[str]):
+    args = parse(["algorithm=cnnmlp", "batch_size=2", "image_size=32", "horizon=4", "steps=2", "warmup=1",
+                  "algorithm.hidden_dim=16", "algorithm.cnn_output_dim=16", "--modes", "eager,compiled",
+                  "--precision", "fp32", "--device", "cpu"])
+    assert training.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("cnnmlp fp32 eager: ")
+    m = re.match(r"^cnnmlp fp32 compiled: ([\d.]+) samples/s .*, compile\+capture ([\d.]+) s, ([\d.]+)x eager$", lines[2])
+    assert m, lines[2]
+    assert float(m.group(1)) > 0 and float(m.group(2)) > 0 and float(m.group(3)) > 0
