@@ -8,4 +8,5 @@ BENCHMARKS = {
     "data": "neuracore.ml.benchmarks.data_loading",
     "train": "neuracore.ml.benchmarks.training",
     "autotune": "neuracore.ml.benchmarks.autotune",
+    "speed": "neuracore.ml.benchmarks.run_speed",
 }

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "with workers=0 happens here; default: torch's)")
 
 
-def _synthetic_episodes(episodes: int, frames: int) -> Iterator:
+def _synthetic_episodes(episodes: int, frames: int, cameras: list[str] = _CAMERAS) -> Iterator:
     from neuracore.ml.datasets.materialize import Episode
 
     rng = np.random.default_rng(0)
@@ -54,7 +54,7 @@ def _synthetic_episodes(episodes: int, frames: int) -> Iterator:
         # Smooth gradients with sensor-like noise, shifting over time: compresses like camera frames.
         y, x = np.mgrid[0:224, 0:224]
         images = {}
-        for c in _CAMERAS:
+        for c in cameras:
             base = np.stack([x, y, (x + y) // 2], -1) + rng.integers(0, 64, 3)
             noise = rng.integers(0, 12, (frames, 224, 224, 3))
             shift = np.arange(frames)[:, None, None, None]
@@ -69,19 +69,26 @@ def _synthetic_episodes(episodes: int, frames: int) -> Iterator:
         )
 
 
-def _make_synthetic(root: Path, episodes: int, frames: int, encoding: str = "raw") -> float:
-    """Write the synthetic dataset under `root`; returns import frames/s."""
+def make_synthetic_dataset(name: str, root: Path | None, episodes: int, frames: int, encoding: str = "raw",
+                           cameras: int = 2) -> float:
+    """Materialise the synthetic benchmark dataset (224x224 cameras, 14 joints) as `name`; returns import frames/s."""
     from neuracore.ml.datasets.materialize import DatasetLayout, materialize
 
+    names = _CAMERAS[:cameras] if cameras <= len(_CAMERAS) else [f"cam_{i}" for i in range(cameras)]
     layout = DatasetLayout(
         robots={"bimanual": {DataType.JOINT_POSITIONS: _JOINTS, DataType.JOINT_TARGET_POSITIONS: _JOINTS,
-                             DataType.RGB_IMAGES: _CAMERAS}},
-        item_shapes={DataType.RGB_IMAGES: {c: [224, 224, 3] for c in _CAMERAS}},
+                             DataType.RGB_IMAGES: names}},
+        item_shapes={DataType.RGB_IMAGES: {c: [224, 224, 3] for c in names}},
         image_encoding=encoding,
     )
     start = time.perf_counter()
-    materialize(SYNTHETIC, _synthetic_episodes(episodes, frames), layout, 30.0, root=root)
+    materialize(name, _synthetic_episodes(episodes, frames, names), layout, 30.0, root=root)
     return episodes * frames / (time.perf_counter() - start)
+
+
+def _make_synthetic(root: Path, episodes: int, frames: int, encoding: str = "raw") -> float:
+    """Write the two-camera synthetic dataset under `root`; returns import frames/s."""
+    return make_synthetic_dataset(SYNTHETIC, root, episodes, frames, encoding)
 
 
 def _memory_mb() -> tuple[float, float, float]:
