@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuracore.ml.algorithms.common.backbones import ResNetName, resnet_trunk
+from neuracore.ml.algorithms.common.layers import adamw
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import ACTION_LIKE, STATE_LIKE, DataType, Modality
 from neuracore.ml.core.model import Batch, NeuracoreModel
@@ -123,11 +124,11 @@ class CNNMLP(NeuracoreModel):
         }
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        """AdamW with the backbone at `lr_backbone` and everything else at `lr`."""
+        """AdamW (fused on CUDA) with the backbone at `lr_backbone` and everything else at `lr`."""
         backbone = [p for p in self.backbones.parameters() if p.requires_grad]
         backbone_ids = {id(p) for p in backbone}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in backbone_ids]
         groups = [{"params": rest, "lr": self.lr}]
         if backbone:
             groups.append({"params": backbone, "lr": self.lr_backbone})
-        return [torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)]
+        return [adamw(groups, lr=self.lr, weight_decay=self.weight_decay)]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuracore.ml.algorithms.common.layers import adamw
 from neuracore.ml.algorithms.pi0.backbone import (
     PaliGemmaWithExpert,
     Pi0Sizes,
@@ -332,7 +333,8 @@ class Pi0(NeuracoreModel):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """AdamW over trainable parameters only (frozen ones get no optimizer state)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return [torch.optim.AdamW(params, lr=self.lr, betas=self.betas, eps=self.adam_eps, weight_decay=self.weight_decay)]
+        return [adamw([{"params": params}], lr=self.lr, betas=self.betas, eps=self.adam_eps,
+                      weight_decay=self.weight_decay)]
 
     def configure_schedulers(
         self, optimizers: list[torch.optim.Optimizer], num_training_steps: int
