@@ -65,5 +65,7 @@ for algo in act diffusion_policy; do
     for batch in 8 256; do
         $PY tools/benchmark.py train algorithm=$algo --batch-size $batch --modes all --peers --precision bf16 \
             --steps 50 --warmup 5 --no-baseline 2>&1 | grep -v "^W[0-9]"
+        $PY tools/benchmark.py train algorithm=$algo --batch-size $batch --modes graphed --precision bf16 \
+            --dataset gpubench --workers 12 --steps 50 --warmup 5 --no-baseline 2>&1 | grep -v "^W[0-9]"
     done
 done

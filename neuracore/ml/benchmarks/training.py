@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default=None, help="cpu | cuda | mps (default: best available)")
     parser.add_argument("--no-baseline", action="store_true", help=f"skip the {BASELINE} comparison")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="feed the steps from this materialised dataset through the real loader (workers, pinned "
+                             "batches, device prefetch, GPU JPEG decode) and report the data wait; default: one synthetic batch")
+    parser.add_argument("--workers", type=int, default=4, help="with --dataset: DataLoader workers")
     parser.add_argument("--peers", action="store_true",
                         help="also time LeRobot's own policy of the same kind (act, diffusion_policy) in this process")
     parser.add_argument("--modes", default="eager",
@@ -167,10 +171,11 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
 
     cls = get_algorithm(name)
     history = max(int(getattr(cls, "observation_history", 1)), 1)
-    mid = model_init(args)
     torch.manual_seed(0)
     params = {"use_pretrained_weights": False, **hyper} if "use_pretrained_weights" in cls.hyperparameter_defaults() \
         else dict(hyper)
+    loader = _real_loader(name, cls, params, args, device) if args.dataset else None
+    mid = loader.dataset_model_init if loader is not None else model_init(args)
     reset_accelerate_state()
     if device.type == "cuda":
         apply_gpu_defaults()
@@ -182,13 +187,15 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
     else:
         torch._dynamo.reset()
         step = CompiledStep(accelerator, model, optimizers, 1.0, cuda_graphs=mode == "graphed")
-    batch = synthetic_batch(mid, args.batch_size, history, accelerator.device)
+    batches = loader.batches(accelerator.device) if loader is not None else \
+        _repeat(synthetic_batch(mid, args.batch_size, history, accelerator.device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     rss = _PeakRss() if device.type != "cuda" else contextlib.nullcontext()
     times: list[float] = []
+    waits: list[float] = []
     with rss:
-        _steps(args, step, batch, accelerator.device, times)
+        _steps(args, step, batches, accelerator.device, times, waits)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else rss.peak / 2**30
     timed = times[args.warmup:]
     median = statistics.median(timed)
@@ -197,7 +204,46 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
     return {"params_m": sum(p.numel() for p in core.parameters()) / 1e6, "step_ms": median * 1e3,
             "samples_per_s": args.batch_size / median, "peak_gib": peak,
             # what the first steps cost beyond steady-state steps: compile + CUDA-graph capture
-            "warmup_overhead_s": max(sum(times[: args.warmup]) - args.warmup * median, 0.0)}
+            "warmup_overhead_s": max(sum(times[: args.warmup]) - args.warmup * median, 0.0),
+            # time waiting for the next batch, as a fraction of the whole step (real loader only)
+            "data_wait": sum(waits[args.warmup:]) / max(sum(timed), 1e-9) if loader is not None else None}
+
+
+def _repeat(batch: dict[str, Any]):
+    while True:
+        yield batch
+
+
+class _RealLoader:
+    """The training loader of a materialised dataset, as `train.py` builds it, cycled over epochs."""
+
+    def __init__(self, loader: Any, dataset_model_init: ModelInitDescription) -> None:
+        self.loader = loader
+        self.dataset_model_init = dataset_model_init
+
+    def batches(self, device: torch.device):
+        from neuracore.ml.trainers.prefetch import DevicePrefetcher
+
+        epoch = 0
+        while True:
+            self.loader.sampler.set_epoch(epoch)
+            yield from DevicePrefetcher(self.loader, device)
+            epoch += 1
+
+
+def _real_loader(name: str, cls: type, params: dict[str, Any], args: argparse.Namespace,
+                 device: torch.device) -> _RealLoader:
+    from neuracore.ml.config.schema import AlgorithmChoice, TrainConfig
+    from neuracore.ml.datasets.format import open_dataset
+    from neuracore.ml.trainers.data import build_data, check_full_batches, device_decode_collate, make_loader
+
+    config = TrainConfig(algorithm=AlgorithmChoice(name, cls, params), dataset_name=args.dataset,
+                         output_prediction_horizon=args.horizon, validation_split=0.0, num_workers=args.workers)
+    data = build_data(config, open_dataset(args.dataset))
+    check_full_batches(len(data.train), args.batch_size, 1)
+    loader = make_loader(data.train, args.batch_size, config, shuffle=True, pin_memory=device.type == "cuda",
+                         drop_last=True, collate_fn=device_decode_collate(data, device))
+    return _RealLoader(loader, data.model_init)
 
 
 class _PeakRss:
@@ -223,11 +269,14 @@ class _PeakRss:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
-def _steps(args, step, batch, device, times) -> None:
-    """Warm-up then timed full training steps (the step program: forward, backward, clip, optimizer, EMA)."""
+def _steps(args, step, batches, device, times, waits) -> None:
+    """Warm-up then timed full training steps (the step program: forward, backward, clip, optimizer, EMA),
+    each from fetching its batch to the device finishing it."""
     for _ in range(args.warmup + args.steps):
         _sync(device)
         start = time.perf_counter()
+        batch = next(batches)
+        waits.append(time.perf_counter() - start)
         step(batch)
         _sync(device)
         times.append(time.perf_counter() - start)
@@ -264,8 +313,9 @@ def run(args: argparse.Namespace) -> int:
 
         peer_reason = peers.peers_available() or (None if name in peers.PEERS else
                                                   f"LeRobot has no counterpart of {name} here ({', '.join(peers.PEERS)})")
-    print(f"device={device} batch={args.batch_size} cameras={args.cameras} image={args.image_size} "
-          f"state={args.state_dim} action={args.action_dim} horizon={args.horizon} steps={args.steps} (median)")
+    shapes = (f"dataset={args.dataset} workers={args.workers}" if args.dataset else
+              f"cameras={args.cameras} image={args.image_size} state={args.state_dim} action={args.action_dim}")
+    print(f"device={device} batch={args.batch_size} {shapes} horizon={args.horizon} steps={args.steps} (median)")
     if peer_reason:
         print(f"peers: not measured ({peer_reason})")
     for label, dtype in precisions:
@@ -276,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             line = (f"{shown} {label} {mode}: {result['samples_per_s']:.5g} samples/s ({result['step_ms']:.5g} ms/step), "
                     f"{result['params_m']:.1f}M params, "
                     f"{'peak GPU memory' if device.type == 'cuda' else 'peak RSS'} {result['peak_gib']:.2f} GiB")
+            if result["data_wait"] is not None:
+                line += f", data wait {100 * result['data_wait']:.1f} %"
             if mode != "eager":
                 line += f", compile+capture {result['warmup_overhead_s']:.1f} s"
                 if eager is not result:

@@ -7,6 +7,7 @@ from torch import nn
 
 from neuracore.ml.core.model_init import FeatureSpec
 
+NORMALIZATION_MODES = ("mean_std", "min_max", "quantile")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -15,29 +16,34 @@ class Normalizer(nn.Module):
     """Maps a vector feature to a normalised space and back.
 
     `mode="mean_std"` gives zero mean / unit variance; `mode="min_max"` maps [min, max] to
-    [-1, 1] (Diffusion Policy's convention). Degenerate ranges (constant items) pass through.
+    [-1, 1] (Diffusion Policy's convention); `mode="quantile"` maps [q01, q99] to [-1, 1] and clips
+    there (openpi's pi0.5 convention: outliers do not stretch the range). Degenerate ranges
+    (constant items) pass through.
     """
 
     def __init__(self, feature: FeatureSpec, mode: str = "mean_std", eps: float = 1e-6) -> None:
         super().__init__()
-        if mode not in ("mean_std", "min_max"):
-            raise ValueError(f"normalisation mode {mode!r}; valid: mean_std, min_max")
+        if mode not in NORMALIZATION_MODES:
+            raise ValueError(f"normalisation mode {mode!r}; valid: {', '.join(NORMALIZATION_MODES)}")
+        self.mode = mode
         dim = feature.dim
         stats = feature.stats
         if mode == "mean_std":
             center = torch.tensor(stats.get("mean", [0.0] * dim), dtype=torch.float32)
             scale = torch.tensor(stats.get("std", [1.0] * dim), dtype=torch.float32)
         else:
-            lo = torch.tensor(stats.get("min", [-1.0] * dim), dtype=torch.float32)
-            hi = torch.tensor(stats.get("max", [1.0] * dim), dtype=torch.float32)
+            low, high = ("min", "max") if mode == "min_max" else ("q01", "q99")
+            lo = torch.tensor(stats.get(low, [-1.0] * dim), dtype=torch.float32)
+            hi = torch.tensor(stats.get(high, [1.0] * dim), dtype=torch.float32)
             center, scale = (hi + lo) / 2, (hi - lo) / 2
         scale = torch.where(scale.abs() < eps, torch.ones_like(scale), scale)
         self.register_buffer("center", center, persistent=True)
         self.register_buffer("scale", scale, persistent=True)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw values → normalised."""
-        return (x - self.center) / self.scale
+        """Raw values → normalised (clipped to [-1, 1] in quantile mode)."""
+        out = (x - self.center) / self.scale
+        return out.clamp(-1.0, 1.0) if self.mode == "quantile" else out
 
     def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised values → raw."""

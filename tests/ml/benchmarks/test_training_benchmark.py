@@ -82,3 +82,18 @@ def test_compiled_mode_reports_compile_time_and_ratio_to_eager(capsys: pytest.Ca
     m = re.match(r"^cnnmlp fp32 compiled: ([\d.]+) samples/s .*, compile\+capture ([\d.]+) s, ([\d.]+)x eager$", lines[2])
     assert m, lines[2]
     assert float(m.group(1)) > 0 and float(m.group(2)) > 0 and float(m.group(3)) > 0
+
+
+def test_dataset_option_feeds_steps_through_the_real_loader_and_reports_data_wait(
+        home, capsys: pytest.CaptureFixture[str]):
+    args = parse(["algorithm=cnnmlp", "batch_size=4", "horizon=5", "steps=2", "warmup=1", "algorithm.hidden_dim=16",
+                  "algorithm.cnn_output_dim=16", "--dataset", "demo", "--workers", "0", "--precision", "fp32",
+                  "--device", "cpu"])
+    assert training.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("device=cpu batch=4 dataset=demo workers=0 horizon=5")
+    m = re.match(r"^cnnmlp fp32 eager: ([\d.]+) samples/s .* data wait ([\d.]+) %$", lines[1])
+    assert m, lines[1]
+    assert float(m.group(1)) > 0 and 0 <= float(m.group(2)) <= 100
+    with pytest.raises(ConfigError, match=r"batch_size=100000: the dataset has \d+ training windows"):
+        training.run(parse(["algorithm=cnnmlp", "batch_size=100000", "--dataset", "demo", "--device", "cpu"]))

@@ -148,3 +148,21 @@ def test_imagenet_normalize() -> None:
     expected = (1 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     assert torch.allclose(norm(ones)[:, 0, 0], expected)
     assert norm.state_dict() == {}  # constants, not checkpointed
+
+
+def test_quantile_mode_maps_q01_q99_to_unit_range_and_clips_outliers():
+    from neuracore.ml.core.data_types import DataType
+    from neuracore.ml.core.model_init import FeatureSpec
+    from neuracore.ml.core.normalization import Normalizer
+
+    feature = FeatureSpec(DataType.JOINT_POSITIONS, ["a", "b", "flat"], [1],
+                          {"q01": [0.0, -2.0, 3.0], "q99": [2.0, 2.0, 3.0], "min": [-9.0] * 3, "max": [9.0] * 3})
+    norm = Normalizer(feature, "quantile")
+    x = torch.tensor([[0.0, 0.0, 3.0], [2.0, 1.0, 3.5], [5.0, -9.0, 3.0]])
+    out = norm.normalize(x)
+    assert torch.allclose(out, torch.tensor([[-1.0, 0.0, 0.0], [1.0, 0.5, 0.5], [1.0, -1.0, 0.0]]))
+    # inside the range the round trip is exact; outliers come back at the range's edge
+    assert torch.allclose(norm.unnormalize(out)[:2], x[:2])
+    assert torch.allclose(norm.unnormalize(out)[2], torch.tensor([2.0, -2.0, 3.0]))
+    with pytest.raises(ValueError, match="valid: mean_std, min_max, quantile"):
+        Normalizer(feature, "zscore")

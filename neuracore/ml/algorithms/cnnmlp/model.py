@@ -60,7 +60,7 @@ class CNNMLP(NeuracoreModel):
             trunk, channels = resnet_trunk(image_backbone, use_pretrained_weights)
             if freeze_backbone:
                 trunk.requires_grad_(False)
-            self.backbones.append(trunk)
+            self.backbones.append(trunk.to(memory_format=torch.channels_last))
             self.camera_heads.append(
                 nn.Sequential(
                     nn.Conv2d(channels, 32, kernel_size=1),
@@ -88,7 +88,8 @@ class CNNMLP(NeuracoreModel):
             images = images_to_unit_float(inputs[DataType.RGB_IMAGES.value][:, -1])  # [B, N, C, H, W]
             images = self.imagenet(images)
             for cam, (trunk, head) in enumerate(zip(self.backbones, self.camera_heads)):
-                feat = head(trunk(images[:, cam]))
+                # channels-last: the layout tensor cores' convolution kernels read without a transpose
+                feat = head(trunk(images[:, cam].contiguous(memory_format=torch.channels_last)))
                 mask = batch[keys.INPUT_MASKS][DataType.RGB_IMAGES.value][:, cam : cam + 1]
                 parts.append(feat * mask)  # a camera the robot lacks contributes nothing
         for dt in self.vector_inputs:

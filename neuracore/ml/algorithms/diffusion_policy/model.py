@@ -155,8 +155,9 @@ class DiffusionPolicy(NeuracoreModel):
                          hidden_dim)
             for _ in range(self.num_cameras)
         )
-        if freeze_backbone:
-            for encoder in self.image_encoders:
+        for encoder in self.image_encoders:
+            encoder.trunk.to(memory_format=torch.channels_last)
+            if freeze_backbone:
                 encoder.trunk.requires_grad_(False)
         if self.num_cameras:
             _, h, w = mid.inputs[DataType.RGB_IMAGES].shape[-3:]
@@ -206,7 +207,8 @@ class DiffusionPolicy(NeuracoreModel):
                 x = images_to_unit_float(images[:, :, cam].reshape(b * t, *images.shape[-3:]))
                 # Augmentation on the device: random crops in training, the centre crop otherwise.
                 x = random_crop(x, self.crop) if self.training else center_crop(x, self.crop)
-                feat = encoder(self.imagenet(x)).reshape(b, t, -1)
+                # channels-last: the layout tensor cores' convolution kernels read without a transpose
+                feat = encoder(self.imagenet(x).contiguous(memory_format=torch.channels_last)).reshape(b, t, -1)
                 parts.append(feat * cam_mask[:, cam, None, None].to(feat.dtype))
         cond = torch.cat([p.to(parts[-1].dtype) for p in parts], dim=-1)  # [B, T, per-step features]
         if cond.shape[1] < self.observation_history:  # fewer frames than the history: repeat the first
