@@ -43,6 +43,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         prepare_run_folder,
         setup_logging,
     )
+    from neuracore.ml.trainers.ema import attach_ema
     from neuracore.ml.trainers.step import build_step
     from neuracore.ml.trainers.tracking import count_parameters, start_tracking
 
@@ -99,6 +100,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
                                        device_placement=[True] * len(schedulers) + [False] * len(loaders))
         schedulers = list(prepared[: len(schedulers)])
         train_loader, val_loader = (list(prepared[len(schedulers):]) + [None])[:2]
+        attach_ema(core_model(accelerator, model), config.ema)  # after autotune's probe steps, before resume
         trainer_state = TrainerState(
             algorithm=config.algorithm.name,
             dataset_fingerprint=dataset.spec.fingerprint,

@@ -65,3 +65,23 @@ def test_resume_without_the_ema_file_fails_loudly(home: Path) -> None:
     lines = [line for line in again.stderr.splitlines() if line.startswith("neuracore: error:")]
     assert len(lines) == 1 and "algorithm_state.safetensors" in lines[0] and "no EMA state" in lines[0], lines
     assert not (_run(home, "noema") / "checkpoints" / "checkpoint_6").exists()
+
+
+def test_any_algorithm_trains_with_an_ema_and_a_resume_must_keep_it(home: Path) -> None:
+    from tests.conftest import FAST
+
+    base = FAST + ["max_steps=3", "checkpoint_frequency=3", "training_name=cnnema"]
+    first = run_cli(base + ["ema.decay=0.9"], home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "EMA of the weights: decay 0.9, power 0.75" in first.stderr
+    ckpt = _run(home, "cnnema") / "checkpoints" / "checkpoint_3"
+    with safe_open(str(ckpt / "algorithm_state.safetensors"), framework="np") as f:
+        assert json.loads(f.metadata()["ema"])["optimization_step"] == 3
+        shadows = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    exported = load_file(str(_run(home, "cnnema") / "model" / "model.safetensors"))
+    # the export holds the EMA weights
+    assert all(np.array_equal(exported[k.removeprefix("ema.")], v) for k, v in shadows.items())
+    again = run_cli(FAST + ["max_steps=6", "training_name=cnnema", "resume_checkpoint_path=auto"], home)
+    assert again.returncode == 2
+    lines = again.stderr.strip().splitlines()
+    assert "the checkpoint has an EMA of the weights, but this run keeps none" in lines[-1], lines[-3:]

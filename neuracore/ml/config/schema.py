@@ -60,6 +60,16 @@ class MemoryMonitorOptions:
 
 
 @dataclass
+class EmaOptions:
+    """`ema.*` keys: the EMA of the weights (trainers/ema.py)."""
+
+    decay: float | str | None = "auto"  # auto: the algorithm's own (Diffusion Policy: on); null: off
+    power: float | str = "auto"  # warm-up exponent; auto: the algorithm's, else 0.75
+    inv_gamma: float = 1.0
+    min_decay: float = 0.0
+
+
+@dataclass
 class AlgorithmChoice:
     """The resolved `algorithm` group: registered name, class and hyper-parameters."""
 
@@ -101,6 +111,7 @@ class TrainConfig:
     dataset: LoaderOptions = field(default_factory=LoaderOptions)
     autotune: AutotuneOptions = field(default_factory=AutotuneOptions)
     memory_monitor: MemoryMonitorOptions = field(default_factory=MemoryMonitorOptions)
+    ema: EmaOptions = field(default_factory=EmaOptions)
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved config as plain data
 
 
@@ -229,7 +240,7 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
     values: dict[str, Any] = {}
     for key, value in cfg.items():
-        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor"):
+        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor", "ema"):
             continue
         if key == "batch_size":
             if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -275,8 +286,18 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     for key in ("gpu_fraction", "host_fraction"):
         if not 0.0 < getattr(monitor, key) <= 1.0:
             raise ConfigError(f"memory_monitor.{key}={getattr(monitor, key)}: must be in (0, 1]")
+    ema = _section("ema", cfg.get("ema"), EmaOptions)
+    if not (ema.decay in (None, "auto") or (not isinstance(ema.decay, str) and 0.0 < ema.decay < 1.0)):
+        raise ConfigError(f"ema.decay={ema.decay!r}: expected a number in (0, 1), auto (the algorithm's default) "
+                          "or null (off)")
+    if not (ema.power == "auto" or (not isinstance(ema.power, str) and ema.power > 0)):
+        raise ConfigError(f"ema.power={ema.power!r}: expected a positive number or auto")
+    if ema.inv_gamma <= 0 or not 0.0 <= ema.min_decay < 1.0:
+        raise ConfigError(f"ema.inv_gamma={ema.inv_gamma}, ema.min_decay={ema.min_decay}: need inv_gamma > 0 and "
+                          "min_decay in [0, 1)")
     config = TrainConfig(
         algorithm=resolve_algorithm(cfg.get("algorithm")),
+        ema=ema,
         training=training,
         dataset=loader,
         autotune=autotune,

@@ -34,6 +34,8 @@ class NeuracoreModel(nn.Module, abc.ABC):
     rebuild_overrides: ClassVar[dict[str, Any]] = {"use_pretrained_weights": False}
     # Observations per input window (t-history+1 .. t); algorithms with history raise it.
     observation_history: int = 1
+    # The trainer's EMA of the weights (trainers/ema.py), attached for training when `ema` is on.
+    weight_ema: Any = None
 
     def __init__(self, model_init_description: ModelInitDescription) -> None:
         super().__init__()
@@ -104,36 +106,48 @@ class NeuracoreModel(nn.Module, abc.ABC):
     def prepare_training_state(self) -> None:
         """Create training-only state (e.g. EMA shadow weights) on the weights' device before the first step."""
 
+    def ema_defaults(self) -> dict[str, float] | None:
+        """The EMA this algorithm trains with under `ema.decay=auto` ({"decay", "power"}), or None (off)."""
+        return None
+
     def update_in_step(self) -> None:
         """Tensor-only update right after each optimizer step, inside the (compiled) step program.
 
-        E.g. an EMA of the weights. It must not read values back to the host (no `.item()`, no
-        Python branch on a tensor): with `compile=true` it is traced into the step's graph. Default: nothing.
+        It must not read values back to the host (no `.item()`, no Python branch on a tensor): with
+        `compile=true` it is traced into the step's graph. Default: the trainer's EMA, when attached;
+        an override calls `super().update_in_step()`.
         """
+        if self.weight_ema is not None:
+            self.weight_ema.update()
 
     def on_optimizer_step(self, step: int) -> None:
         """Host-side hook after every optimizer step, outside the step program; default: nothing."""
 
     def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """Training state outside parameters, buffers and optimizers (e.g. an EMA of the weights).
+        """Training state outside parameters, buffers and optimizers (e.g. the EMA of the weights).
 
         Returned as named tensors plus string metadata; every checkpoint stores them in
-        `algorithm_state.safetensors` (never pickled). Default: nothing.
+        `algorithm_state.safetensors` (never pickled). Default: the trainer's EMA, when attached.
         """
-        return {}, {}
+        return self.weight_ema.state() if self.weight_ema is not None else ({}, {})
 
     def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         """Restore what `checkpoint_state` returned; raise ValueError when it does not fit this model."""
-        if tensors or metadata:
-            raise ValueError(f"{type(self).__name__} keeps no extra state, but the checkpoint has some")
+        if self.weight_ema is not None:
+            self.weight_ema.load(tensors, metadata)
+        elif tensors or metadata:
+            what = "an EMA of the weights" if "ema" in metadata else "extra state"
+            raise ValueError(f"the checkpoint has {what}, but this run keeps none (set ema.decay as it was)")
 
     @contextlib.contextmanager
     def inference_weights(self) -> Iterator[None]:
-        """Context in which the weights used for validation and export are active (e.g. EMA weights).
-
-        The default is the training weights; an algorithm with an EMA swaps them in and back out.
-        """
-        yield
+        """Context in which the weights used for validation and export are active: the EMA weights when
+        the trainer keeps an EMA, else the training weights."""
+        if self.weight_ema is None:
+            yield
+            return
+        with self.weight_ema.swapped_in():
+            yield
 
     def configure_schedulers(
         self, optimizers: list[torch.optim.Optimizer], num_training_steps: int

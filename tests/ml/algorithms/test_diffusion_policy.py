@@ -135,67 +135,9 @@ def test_random_crop_in_training_centre_crop_in_eval():
     torch.testing.assert_close(seen[2] * std + mean, images[:, :, 4:36, 4:36], rtol=0, atol=1e-5)
 
 
-def test_ema_weights_are_swapped_in_for_inference_and_back_out():
-    mid = spec()
-    model = tiny(mid).train()
-    batch = synthetic_batch(mid, 2, 2, CPU)
-    (opt,) = model.configure_optimizers()
-    with model.inference_weights():  # before the first step there is no EMA: the training weights
-        pass
-    for step in range(1, 4):
-        model(batch)["loss"].backward()
-        opt.step()
-        opt.zero_grad()
-        model.update_in_step()
-    training = {n: p.detach().clone() for n, p in model.named_parameters()}
-    with model.inference_weights():
-        ema = {n: p.detach().clone() for n, p in model.named_parameters()}
-    after = {n: p.detach().clone() for n, p in model.named_parameters()}
-    assert all(torch.equal(training[n], after[n]) for n in training)
-    assert any(not torch.equal(training[n], ema[n]) for n in training)
-    tensors, metadata = model.checkpoint_state()
-    assert json.loads(metadata["ema"])["optimization_step"] == 3
-    assert set(tensors) == {f"ema.{n}" for n in training}
-    assert all(torch.equal(tensors[f"ema.{n}"], ema[n]) for n in training)
-    off = tiny(mid, use_ema=False)
-    off.update_in_step()
-    assert off.checkpoint_state() == ({}, {})
-
-
-def test_ema_checkpoint_state_round_trips_exactly_and_is_checked():
-    mid = spec()
-    model = tiny(mid).train()
-    batch = synthetic_batch(mid, 2, 2, CPU)
-    (opt,) = model.configure_optimizers()
-    for step in range(1, 3):
-        model(batch)["loss"].backward()
-        opt.step()
-        opt.zero_grad()
-        model.update_in_step()
-    tensors, metadata = model.checkpoint_state()
-    tensors = {k: v.clone() for k, v in tensors.items()}
-    restored = tiny(mid).train()
-    restored.load_state_dict(model.state_dict())
-    restored.load_checkpoint_state(tensors, metadata)
-    # One more identical step on both: the EMAs (weights and decay counter) stay bit-identical.
-    for m in (model, restored):
-        torch.manual_seed(0)
-        m(batch)["loss"].backward()
-        torch.optim.SGD(m.parameters(), lr=0.1).step()
-        m.update_in_step()
-    a, b = model.checkpoint_state(), restored.checkpoint_state()
-    assert a[1] == b[1] and json.loads(a[1]["ema"])["optimization_step"] == 3
-    assert all(torch.equal(a[0][k], b[0][k]) for k in a[0])
-
-    with pytest.raises(ValueError, match="no EMA state"):
-        tiny(mid).load_checkpoint_state({}, {})
-    with pytest.raises(ValueError, match="use_ema=false"):
-        tiny(mid, use_ema=False).load_checkpoint_state(tensors, metadata)
-    name = next(iter(tensors))
-    with pytest.raises(ValueError, match="missing"):
-        tiny(mid).load_checkpoint_state({k: v for k, v in tensors.items() if k != name}, metadata)
-    with pytest.raises(ValueError, match="shape"):
-        tiny(mid).load_checkpoint_state({**tensors, name: torch.zeros(1)}, metadata)
+def test_ema_is_on_by_default_with_the_papers_schedule():
+    assert tiny(spec()).ema_defaults() == {"decay": 0.9999, "power": 0.75}
+    assert tiny(spec(), use_ema=False).ema_defaults() is None
 
 
 def test_bad_values_are_one_line_errors():
@@ -251,25 +193,3 @@ def test_two_cameras_and_a_missing_camera_is_ignored():
     b = model.predict(batch)[DataType.JOINT_TARGET_POSITIONS.value]
     torch.testing.assert_close(a, b)
 
-
-def test_device_side_ema_update_follows_diffusers_ema_model_exactly():
-    """`update_in_step` (tensor ops, traced into a compiled step) gives diffusers' EMAModel.step schedule."""
-    from diffusers.training_utils import EMAModel
-
-    mid = spec()
-    model = tiny(mid).train()
-    batch = synthetic_batch(mid, 2, 2, CPU)
-    (opt,) = model.configure_optimizers()
-    reference = None
-    for step in range(1, 6):
-        model(batch)["loss"].backward()
-        opt.step()
-        opt.zero_grad()
-        if reference is None:  # created at the first step, like the model's own
-            reference = EMAModel(model.parameters(), decay=model.ema_max_decay, min_decay=0.0, update_after_step=0,
-                                 use_ema_warmup=True, inv_gamma=1.0, power=model.ema_power, foreach=True)
-        reference.step(model.parameters())
-        model.update_in_step()
-        worst = max((a - b).abs().max().item() for a, b in zip(model._ema.shadow_params, reference.shadow_params))
-        assert worst < 1e-6, (step, worst)
-    assert json.loads(model.checkpoint_state()[1]["ema"])["optimization_step"] == 5 == reference.optimization_step

@@ -8,16 +8,19 @@ every algorithm is checked in seconds; `test_compile_resume.py` runs inductor en
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate import Accelerator
 
 from neuracore.ml.trainers.accelerator import reset_accelerate_state
+from neuracore.ml.trainers.ema import attach_ema
 from neuracore.ml.trainers.step import CompiledStep, EagerStep, build_step, clip_by_global_norm
 from tests.ml.algorithms.test_registered_algorithms import ALGORITHMS, Setup
 
 STEPS = 3
+EMA_ON = SimpleNamespace(decay=0.9, power=0.75, inv_gamma=1.0, min_decay=0.0)
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +36,7 @@ def _run(setup: Setup, compiled: bool, accumulation: int = 1, max_grad_norm: flo
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
     model = setup.model(seed=0)
     model, *optimizers = accelerator.prepare(model, *model.configure_optimizers())
+    attach_ema(accelerator.unwrap_model(model), EMA_ON)  # every algorithm: the EMA update is part of the program
     if compiled:
         step = CompiledStep(accelerator, model, optimizers, max_grad_norm, backend="aot_eager")
     else:
@@ -44,7 +48,9 @@ def _run(setup: Setup, compiled: bool, accumulation: int = 1, max_grad_norm: flo
         out, _norm = step(batch)
         losses.append({k: float(v.detach()) for k, v in out.items()})
     core = accelerator.unwrap_model(model)
-    return losses, {n: p.detach().clone() for n, p in core.named_parameters()}, step
+    params = {n: p.detach().clone() for n, p in core.named_parameters()}
+    params.update({f"ema.{n}": s.detach().clone() for n, s in zip(core.weight_ema.names, core.weight_ema.shadows)})
+    return losses, params, step
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)
@@ -71,6 +77,9 @@ def test_whole_step_is_one_graph_and_matches_the_eager_step(name: str, demo_home
     assert diff.mean().item() < 1e-2 * lr, diff.mean().item()
     moved = any(not torch.equal(compiled_params[n], p) for n, p in setup.model(seed=0).named_parameters())
     assert moved
+    # the EMA (updated inside the compiled program) moved with the weights, not stuck at the start
+    initial = dict(setup.model(seed=0).named_parameters())
+    assert any(not torch.equal(compiled_params[f"ema.{n}"], initial[n]) for n in initial)
 
 
 def test_gradient_accumulation_compiled_matches_eager(demo_home: Path):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
@@ -130,8 +126,6 @@ class DiffusionPolicy(NeuracoreModel):
         self.num_inference_steps = num_inference_steps
         self.horizon = mid.output_prediction_horizon
         self.use_ema, self.ema_power, self.ema_max_decay = use_ema, ema_power, ema_max_decay
-        self._ema: EMAModel | None = None
-        self._ema_steps: torch.Tensor | None = None  # EMA updates so far, kept on the device
         # Resolved here and exported (see `hyperparameters`): a rebuild for inference skips the
         # pretrained download but must keep the trained normalisation layers.
         self.use_group_norm = (not use_pretrained_weights) if use_group_norm is None else bool(use_group_norm)
@@ -297,90 +291,6 @@ class DiffusionPolicy(NeuracoreModel):
             for opt in optimizers
         ]
 
-    def _new_ema(self) -> EMAModel:
-        return EMAModel(
-            self.parameters(), decay=self.ema_max_decay, min_decay=0.0, update_after_step=0,
-            use_ema_warmup=True, inv_gamma=1.0, power=self.ema_power, foreach=True,
-        )
-
-    def prepare_training_state(self) -> None:
-        """Create the EMA (shadow weights on the weights' device, and its step counter as a device tensor)."""
-        if self.use_ema and self._ema is None:
-            self._ema = self._new_ema()
-            self._ema_steps = torch.zeros((), dtype=torch.float32, device=next(self.parameters()).device)
-
-    @torch.no_grad()
-    def update_in_step(self) -> None:
-        """One EMA update after an optimizer step, as tensor ops (traced into a compiled step).
-
-        The same schedule as diffusers' `EMAModel.step` (warm-up decay `1 - (1 + n)^-power` capped at
-        `ema_max_decay`, 0 at the first step), with the counter on the device so no step reads it back.
-        """
-        if not self.use_ema:
-            return
-        self.prepare_training_state()
-        ema = self._ema
-        self._ema_steps.add_(1)
-        n = (self._ema_steps - 1 - ema.update_after_step).clamp_min(0)
-        decay = (1 - (1 + n / ema.inv_gamma) ** -ema.power).clamp(ema.min_decay, ema.decay)
-        decay = torch.where(n > 0, decay, torch.zeros_like(decay))
-        trained = [(s, p) for s, p in zip(ema.shadow_params, self.parameters(), strict=True) if p.requires_grad]
-        frozen = [(s, p) for s, p in zip(ema.shadow_params, self.parameters(), strict=True) if not p.requires_grad]
-        if trained:
-            shadows, params = [s for s, _ in trained], [p for _, p in trained]
-            # s <- s - (1 - decay) * (s - p), diffusers' update, with a tensor weight
-            torch._foreach_add_(shadows, torch._foreach_mul(torch._foreach_sub(shadows, params), decay - 1))
-        for s, p in frozen:
-            s.copy_(p)
-
-    def checkpoint_state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        """The EMA: one shadow tensor per parameter (`ema.<name>`) and its counters as JSON metadata."""
-        if self._ema is None:
-            return {}, {}
-        self._ema.optimization_step = int(self._ema_steps)  # read back here, at checkpoint time only
-        state = self._ema.state_dict()
-        shadows = state.pop("shadow_params")
-        names = [name for name, _ in self.named_parameters()]
-        tensors = {f"ema.{name}": t.detach().contiguous() for name, t in zip(names, shadows, strict=True)}
-        return tensors, {"ema": json.dumps(state)}
-
-    def load_checkpoint_state(self, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-        """Restore the EMA exactly (shadows and step counter), checking every name and shape."""
-        if not tensors and "ema" not in metadata:
-            if self.use_ema:
-                raise ValueError("the checkpoint has no EMA state, but algorithm.use_ema=true")
-            self._ema = None
-            return
-        if not self.use_ema:
-            raise ValueError("the checkpoint has an EMA state, but algorithm.use_ema=false")
-        params = dict(self.named_parameters())
-        missing = [n for n in params if f"ema.{n}" not in tensors]
-        unexpected = [k for k in tensors if not k.startswith("ema.") or k[4:] not in params]
-        if missing or unexpected or "ema" not in metadata:
-            raise ValueError(
-                f"EMA state does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]}"
-                f"{', no ema metadata' if 'ema' not in metadata else ''})"
-            )
-        wrong = [n for n, p in params.items() if tensors[f"ema.{n}"].shape != p.shape]
-        if wrong:
-            raise ValueError(f"EMA shadow of {wrong[0]} has shape {list(tensors['ema.' + wrong[0]].shape)}, "
-                             f"the parameter {list(params[wrong[0]].shape)}")
-        state = json.loads(metadata["ema"])
-        state["shadow_params"] = [tensors[f"ema.{n}"].to(device=p.device, dtype=p.dtype) for n, p in params.items()]
-        self._ema = self._new_ema()
-        self._ema.load_state_dict(state)
-        device = next(self.parameters()).device
-        self._ema_steps = torch.tensor(float(self._ema.optimization_step), dtype=torch.float32, device=device)
-
-    @contextlib.contextmanager
-    def inference_weights(self) -> Iterator[None]:
-        """Swap the EMA weights in (validation, export) and the training weights back afterwards."""
-        if self._ema is None:
-            yield
-            return
-        self._ema.store(self.parameters())
-        self._ema.copy_to(self.parameters())
-        try:
-            yield
-        finally:
-            self._ema.restore(self.parameters())
+    def ema_defaults(self) -> dict[str, float] | None:
+        """Diffusion Policy trains with an EMA of the weights (Chi et al.): `use_ema`, `ema_max_decay`, `ema_power`."""
+        return {"decay": self.ema_max_decay, "power": self.ema_power} if self.use_ema else None
