@@ -36,6 +36,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     from neuracore.ml.trainers.batch_plan import decide_batch_size, write_resolved_config
     from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
     from neuracore.ml.trainers.data import build_data, check_full_batches, device_decode_collate, make_loader
+    from neuracore.ml.trainers.ema import attach_ema
     from neuracore.ml.trainers.loop import LoopParts, fit
     from neuracore.ml.trainers.run_folder import (
         discard_unstarted_run,
@@ -43,7 +44,6 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         prepare_run_folder,
         setup_logging,
     )
-    from neuracore.ml.trainers.ema import attach_ema
     from neuracore.ml.trainers.step import build_step
     from neuracore.ml.trainers.tracking import count_parameters, start_tracking
 
