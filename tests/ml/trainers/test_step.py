@@ -136,3 +136,16 @@ def test_build_step_is_eager_without_compile_and_refuses_unsupported_optimizers(
     assert isinstance(build_step(accelerator, model, [optimizer], 1.0, compile=False), EagerStep)
     with pytest.raises(ConfigError, match=r"compile=true: .*AdamW/Adam.*configures SGD \(use compile=false\)"):
         build_step(accelerator, model, [optimizer], 1.0, compile=True)
+
+
+def test_several_processes_keep_the_eager_step_around_a_compiled_model(caplog: pytest.LogCaptureFixture):
+    from accelerate.utils import DistributedType
+
+    from neuracore.ml.trainers.step import whole_step_refusal
+
+    ddp = SimpleNamespace(distributed_type=DistributedType.MULTI_CPU, num_processes=2, mixed_precision="no")
+    assert "all-reduce lives in DDP/FSDP's hooks" in whole_step_refusal(ddp)
+    fp16 = SimpleNamespace(distributed_type=DistributedType.NO, num_processes=1, mixed_precision="fp16")
+    assert "fp16 needs accelerate's loss scaler" in whole_step_refusal(fp16)
+    single = SimpleNamespace(distributed_type=DistributedType.NO, num_processes=1, mixed_precision="bf16")
+    assert whole_step_refusal(single) is None
