@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from tqdm.auto import tqdm
 from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.trainers.accelerator import core_model
 from neuracore.ml.trainers.checkpoint import TrainerState, save_checkpoint
+from neuracore.ml.trainers.guards import NonFiniteGuard, Preempted, PreemptionHandler
 from neuracore.ml.trainers.memory_monitor import ADVICE, MemoryLimitExceeded, MemoryMonitor
 from neuracore.ml.trainers.prefetch import DevicePrefetcher
 from neuracore.ml.trainers.tracking import log_image_grid, log_scalars
@@ -136,6 +136,22 @@ def _stop_for_memory(
     )
 
 
+# Several processes agree on a preemption request every this many steps (one tiny all-reduce).
+PREEMPTION_CHECK_STEPS = 10
+
+
+def _stop_for_preemption(accelerator: Accelerator, run_dir: Path, state: TrainerState, config: TrainConfig,
+                         core: torch.nn.Module, guard: NonFiniteGuard, preemption: PreemptionHandler,
+                         saved: bool) -> None:
+    """A scheduler asked the run to stop: checkpoint this step boundary (finite weights only), then exit."""
+    guard.check(accelerator, f"at step {state.step} (preempted)", run_dir)
+    path = (run_dir / "checkpoints" / f"checkpoint_{state.step}" if saved else
+            save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core))
+    name = signal.Signals(preemption.received).name if preemption.received else "another rank's signal"
+    raise Preempted(f"stopped by {name} at step {state.step}; checkpoint saved at {path}; continue with "
+                    "resume_checkpoint_path=auto and the same training_name (or local_output_dir)")
+
+
 @torch.no_grad()
 def validate(accelerator: Accelerator, model: torch.nn.Module, loader: Any) -> dict[str, float]:
     """Mean validation losses over all ranks: eval mode, inference weights (e.g. EMA), then restored."""
@@ -193,6 +209,7 @@ def fit(
     synced = dataclasses.replace(state)  # the state at the last optimizer step (what a checkpoint may hold)
     core = core_model(accelerator, model)  # once: the EMA hook and checkpoint state live on the algorithm
     monitor = MemoryMonitor(accelerator, **dataclasses.asdict(config.memory_monitor))
+    guard = NonFiniteGuard(accelerator.device)  # read back only at logging, validation and checkpoint steps
 
     def run_validation() -> None:
         nonlocal last_val, validated_at
@@ -205,70 +222,91 @@ def fit(
         if on_validation is not None:
             on_validation(last_val, state)
 
-    while not done:
-        epoch = state.epoch
-        parts.sampler.set_epoch(epoch)
-        loader = parts.train_loader
-        if state.batches_in_epoch:
-            loader = accelerator.skip_first_batches(parts.train_loader, state.batches_in_epoch)
-        iterator = iter(DevicePrefetcher(loader, accelerator.device))
-        while True:
-            fetch = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                break
-            window.data_time += time.perf_counter() - fetch
-            if not images_logged and config.training.log_images:
-                log_image_grid(accelerator, batch, state.step)
-                images_logged = True
-            try:
-                losses, grad_norm = train_step(parts, batch)
-            except StepFailed as failed:
-                if not should_reduce_batch_size(failed.cause):
-                    raise failed.cause from None
-                if accelerator.num_processes > 1:
-                    _stop_alone_for_memory(accelerator, run_dir, parts.batch_size, synced.step)
-                _stop_for_memory(accelerator, parts, run_dir, synced, config,
-                                 f"out of memory in a training step (batch_size={parts.batch_size})",
-                                 can_checkpoint=not failed.weights_touched)
-            n = _batch_size_of(batch)
-            window.add(losses, n)
-            state.batches_in_epoch += 1
-            state.samples_seen += n * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            for scheduler in parts.schedulers:
-                scheduler.step()
-            state.step += 1
-            core.on_optimizer_step(state.step)
-            window.grad_norm = grad_norm
-            progress.update(1)
-            breach = monitor.check(state.step)
-            if breach:
-                _stop_for_memory(accelerator, parts, run_dir, state, config, f"memory_monitor: {breach}")
-            if state.step % config.logging_frequency == 0 or state.step == parts.total_steps:
-                last_train = _log_window(accelerator, parts, window, state)
-                progress.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}")
-                window = _Window()
-            paused = time.perf_counter()
-            if validation_every and state.step % validation_every == 0:
-                run_validation()
-            done = state.step >= parts.total_steps
-            if state.step % config.checkpoint_frequency == 0 and not done:
-                save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)
-            window.paused += time.perf_counter() - paused
-            if kill_at and state.step >= kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            synced = dataclasses.replace(state)
-            if done:
-                break
-        if not done or state.batches_in_epoch >= len(parts.train_loader):
-            state.epoch = epoch + 1
-            state.batches_in_epoch = 0
-            synced = dataclasses.replace(state)
-            if not validation_every:
-                run_validation()
+    try:
+        with PreemptionHandler() as preemption:
+            while not done:
+                epoch = state.epoch
+                loader = parts.train_loader
+                if state.batches_in_epoch:
+                    loader = accelerator.skip_first_batches(parts.train_loader, state.batches_in_epoch)
+                # accelerate's loaders set the sampler's epoch from their own pass counter when iterated, which
+                # restarts at 0 in a resumed process: tell them the real epoch (else the order after the first
+                # epoch boundary of a resumed run repeats epoch 0's)
+                for target in (loader, parts.train_loader, parts.sampler):
+                    if hasattr(target, "set_epoch"):
+                        target.set_epoch(epoch)
+                iterator = iter(DevicePrefetcher(loader, accelerator.device))
+                while True:
+                    fetch = time.perf_counter()
+                    try:
+                        batch = next(iterator)
+                    except StopIteration:
+                        break
+                    window.data_time += time.perf_counter() - fetch
+                    if not images_logged and config.training.log_images:
+                        log_image_grid(accelerator, batch, state.step)
+                        images_logged = True
+                    try:
+                        losses, grad_norm = train_step(parts, batch)
+                    except StepFailed as failed:
+                        if not should_reduce_batch_size(failed.cause):
+                            raise failed.cause from None
+                        if accelerator.num_processes > 1:
+                            _stop_alone_for_memory(accelerator, run_dir, parts.batch_size, synced.step)
+                        _stop_for_memory(accelerator, parts, run_dir, synced, config,
+                                         f"out of memory in a training step (batch_size={parts.batch_size})",
+                                         can_checkpoint=not failed.weights_touched)
+                    n = _batch_size_of(batch)
+                    window.add(losses, n)
+                    guard.observe(losses, state.step + 1)
+                    state.batches_in_epoch += 1
+                    state.samples_seen += n * accelerator.num_processes
+                    if not accelerator.sync_gradients:
+                        continue
+                    for scheduler in parts.schedulers:
+                        scheduler.step()
+                    state.step += 1
+                    core.on_optimizer_step(state.step)
+                    window.grad_norm = grad_norm
+                    progress.update(1)
+                    breach = monitor.check(state.step)
+                    if breach:
+                        _stop_for_memory(accelerator, parts, run_dir, state, config, f"memory_monitor: {breach}")
+                    logging_now = state.step % config.logging_frequency == 0 or state.step == parts.total_steps
+                    validating = bool(validation_every) and state.step % validation_every == 0
+                    checkpointing = state.step % config.checkpoint_frequency == 0
+                    if logging_now or validating or checkpointing:  # the host decides here anyway: read the flag
+                        guard.check(accelerator, f"at step {state.step}", run_dir)
+                    if logging_now:
+                        last_train = _log_window(accelerator, parts, window, state)
+                        progress.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}")
+                        window = _Window()
+                    paused = time.perf_counter()
+                    if validating:
+                        run_validation()
+                    done = state.step >= parts.total_steps
+                    if checkpointing and not done:
+                        save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)
+                    if not done and preemption.requested(accelerator, state.step, every=PREEMPTION_CHECK_STEPS):
+                        _stop_for_preemption(accelerator, run_dir, state, config, core, guard, preemption,
+                                             saved=checkpointing)
+                    window.paused += time.perf_counter() - paused
+                    if kill_at and state.step >= kill_at:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    synced = dataclasses.replace(state)
+                    if done:
+                        break
+                if not done or state.batches_in_epoch >= len(parts.train_loader):
+                    state.epoch = epoch + 1
+                    state.batches_in_epoch = 0
+                    synced = dataclasses.replace(state)
+                    if not validation_every:
+                        guard.check(accelerator, f"at the end of epoch {epoch} (step {state.step})", run_dir)
+                        run_validation()
+    except BaseException:
+        progress.close()  # the bar's last redraw goes out before the one-line error, not after it
+        raise
+    guard.check(accelerator, f"at the end (step {state.step})", run_dir)
     if window.batches:
         last_train = _log_window(accelerator, parts, window, state)
     run_validation()  # the final model is always validated (no-op if it just was)
@@ -301,8 +339,6 @@ def _log_window(accelerator: Accelerator, parts: LoopParts, window: _Window, sta
         values[f"memory/gpu_{key}_gb"] = value / 1e9
     values["progress/epoch"] = float(state.epoch)
     log_scalars(accelerator, values, state.step)
-    if not math.isfinite(train.get("loss", 0.0)):
-        logger.warning("step %d: training loss is %s", state.step, train.get("loss"))
     return train
 
 
