@@ -97,3 +97,25 @@ def test_dataset_option_feeds_steps_through_the_real_loader_and_reports_data_wai
     assert float(m.group(1)) > 0 and 0 <= float(m.group(2)) <= 100
     with pytest.raises(ConfigError, match=r"batch_size=100000: the dataset has \d+ training windows"):
         training.run(parse(["algorithm=cnnmlp", "batch_size=100000", "--dataset", "demo", "--device", "cpu"]))
+
+
+def test_peers_are_timed_in_the_same_process_with_the_ratio(capsys: pytest.CaptureFixture[str]):
+    from neuracore.ml.benchmarks import peers
+
+    reason = peers.peers_available()
+    if reason:
+        pytest.skip(reason)
+    args = parse(["algorithm=act", "batch_size=2", "image_size=32", "horizon=4", "steps=1", "warmup=1", "--peers",
+                  "--precision", "fp32", "--no-baseline", "--device", "cpu"])
+    assert training.run(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ours = re.match(r"^act fp32 eager: ([\d.]+) samples/s", lines[1])
+    theirs = re.match(r"^lerobot act fp32 eager: ([\d.]+) samples/s \([\d.]+ ms/step\), 51\.\dM params, horizon 4; "
+                      r"neuracore/lerobot ([\d.]+)x$", lines[2])
+    assert ours and theirs, lines
+    assert float(theirs.group(2)) == pytest.approx(float(ours.group(1)) / float(theirs.group(1)), rel=0.01)
+    capsys.readouterr()
+    assert training.run(parse(["algorithm=cnnmlp", "steps=1", "warmup=1", "batch_size=2", "image_size=32", "horizon=2",
+                               "--peers", "--precision", "fp32", "--device", "cpu"])) == 0
+    assert "peers: not measured (LeRobot has no counterpart of cnnmlp here (act, diffusion_policy))" in \
+        capsys.readouterr().out
