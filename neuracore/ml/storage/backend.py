@@ -31,8 +31,23 @@ def default_storage_url() -> str:
 
 
 def redact(url: str) -> str:
-    """The URL without any `user:password@` part (credentials never reach messages or logs)."""
-    return re.sub(r"^([a-zA-Z0-9+.-]+://)[^/@]*@", r"\1***@", url)
+    """The URL without any `user:password@` part (credentials never reach messages or logs).
+
+    Secrets are often not URL-encoded (an S3 secret key may hold `/` or `@`), so the userinfo runs to
+    the last `@` whenever it holds a `:` or comes before the first `/`; an `@` only in the path
+    (`s3://bucket/a@b`) is left alone.
+    """
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(.*)$", url, flags=re.DOTALL)
+    if not match:
+        return url
+    scheme, rest = match.groups()
+    last_at = rest.rfind("@")
+    if last_at < 0:
+        return url
+    slash, first_at = rest.find("/"), rest.find("@")
+    if ":" in rest[:last_at] or slash < 0 or first_at < slash:
+        return f"{scheme}***@{rest[last_at + 1:]}"
+    return url
 
 
 class Store:

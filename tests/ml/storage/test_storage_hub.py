@@ -148,3 +148,14 @@ def test_storage_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="protocol 'gs' is not supported"):
         open_store("gs://bucket/x")
     assert redact("https://user:secret@host/x") == "https://***@host/x"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("s3://KEY:se/cret@bucket/p", "s3://***@bucket/p"),
+    ("s3://KEY:se@cr/et@bucket/p", "s3://***@bucket/p"),
+    ("https://token@host/x", "https://***@host/x"),
+    ("s3://bucket/a@b", "s3://bucket/a@b"),
+    ("file:///tmp/store", "file:///tmp/store"),
+])
+def test_redact_hides_userinfo_even_when_the_secret_holds_slashes(url: str, shown: str):
+    assert redact(url) == shown
