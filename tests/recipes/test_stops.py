@@ -28,7 +28,7 @@ def test_a_diverging_run_stops_with_one_line_and_exports_nothing(home: Path) -> 
     assert "without saving or exporting these weights; the last finite checkpoint is" in last
     run = _runs(home) / "diverged"
     assert not (run / "model").exists() and not (run / "best_model").exists()
-    newest = sorted((run / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))[-1]
+    newest = max((run / "checkpoints").glob("checkpoint_*"), key=lambda p: int(p.name.split("_")[1]))
     weights = load_file(str(newest / "model.safetensors"))
     assert all(np.isfinite(v).all() for v in weights.values())  # the kept checkpoint is a finite one
 

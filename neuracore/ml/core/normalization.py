@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
+from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.model_init import FeatureSpec
 
 NORMALIZATION_MODES = ("mean_std", "min_max", "quantile")
@@ -68,3 +71,32 @@ class ImageNetNormalize(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise; input must already be float in [0, 1]."""
         return (images - self.mean) / self.std
+
+
+def vector_normalizers(
+    features: Mapping[DataType, FeatureSpec], modes: str | Mapping[str, str], default: str,
+    key: str = "algorithm.normalization", known: Mapping[DataType, FeatureSpec] | None = None,
+) -> nn.ModuleDict:
+    """One `Normalizer` per vector DataType of `features`, keyed by its value.
+
+    `modes` is one mode for every DataType (`quantile`) or a mapping per DataType
+    (`{JOINT_POSITIONS: mean_std, JOINT_TARGET_POSITIONS: quantile}`; unnamed ones get `default`).
+    Raises a one-line `ConfigError` naming `key` for an unknown mode or DataType (`known`: the
+    DataTypes a mapping may name, default `features`; inputs and outputs share one mapping).
+    """
+    from neuracore.ml.core.errors import ConfigError
+
+    valid = ", ".join(NORMALIZATION_MODES)
+    if isinstance(modes, str):
+        chosen = dict.fromkeys((dt.value for dt in features), modes)
+    else:
+        names = [dt.value for dt in (features if known is None else known)]
+        unknown = [k for k in modes if k not in names]
+        if unknown:
+            raise ConfigError(f"{key}.{unknown[0]}: not a vector DataType of this model; valid: {', '.join(names)}")
+        chosen = {dt.value: modes.get(dt.value, default) for dt in features}
+    for name, mode in chosen.items():
+        if mode not in NORMALIZATION_MODES:
+            where = key if isinstance(modes, str) else f"{key}.{name}"
+            raise ConfigError(f"{where}={mode!r}: valid: {valid}")
+    return nn.ModuleDict({dt.value: Normalizer(f, chosen[dt.value]) for dt, f in features.items()})

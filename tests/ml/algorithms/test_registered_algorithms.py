@@ -37,6 +37,10 @@ SMALL: dict[str, dict] = {
     "pi0": {"image_size": 64, "patch_size": 16, "vision_width": 32, "vision_depth": 1, "vision_mlp_dim": 64,
             "vision_num_heads": 2, "vocab_size": 260, "vlm_width": 64, "vlm_mlp_dim": 128, "expert_width": 64,
             "expert_mlp_dim": 128, "depth": 2, "num_heads": 2, "num_kv_heads": 1, "head_dim": 32, "max_token_len": 24},
+    "pi05": {"image_size": 64, "patch_size": 16, "vision_width": 32, "vision_depth": 1, "vision_mlp_dim": 64,
+             "vision_num_heads": 2, "vocab_size": 260, "vlm_width": 64, "vlm_mlp_dim": 128, "expert_width": 64,
+             "expert_mlp_dim": 128, "depth": 2, "num_heads": 2, "num_kv_heads": 1, "head_dim": 32,
+             "max_token_len": 96},
 }
 
 ALGORITHMS = sorted(registered_algorithms())

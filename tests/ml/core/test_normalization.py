@@ -166,3 +166,24 @@ def test_quantile_mode_maps_q01_q99_to_unit_range_and_clips_outliers():
     assert torch.allclose(norm.unnormalize(out)[2], torch.tensor([2.0, -2.0, 3.0]))
     with pytest.raises(ValueError, match="valid: mean_std, min_max, quantile"):
         Normalizer(feature, "zscore")
+
+
+def test_vector_normalizers_take_one_mode_or_one_per_data_type_and_name_bad_keys():
+    from neuracore.ml.core.errors import ConfigError
+    from neuracore.ml.core.normalization import vector_normalizers
+
+    stats = {"mean": [0.0], "std": [2.0], "min": [-4.0], "max": [4.0], "q01": [-1.0], "q99": [1.0]}
+    state = {DataType.JOINT_POSITIONS: FeatureSpec(DataType.JOINT_POSITIONS, ["a"], [1], stats)}
+    action = {DataType.JOINT_TARGET_POSITIONS: FeatureSpec(DataType.JOINT_TARGET_POSITIONS, ["a"], [1], stats)}
+    known = {**state, **action}
+    assert vector_normalizers(state, "quantile", "mean_std")["JOINT_POSITIONS"].mode == "quantile"
+    per_type = {"JOINT_TARGET_POSITIONS": "min_max"}
+    assert vector_normalizers(state, per_type, "mean_std", known=known)["JOINT_POSITIONS"].mode == "mean_std"
+    assert vector_normalizers(action, per_type, "mean_std", known=known)["JOINT_TARGET_POSITIONS"].mode == "min_max"
+    with pytest.raises(ConfigError, match=r"algorithm.normalization.JOINT_VELOCITIES: not a vector DataType of this "
+                                          r"model; valid: JOINT_POSITIONS, JOINT_TARGET_POSITIONS"):
+        vector_normalizers(state, {"JOINT_VELOCITIES": "quantile"}, "mean_std", known=known)
+    with pytest.raises(ConfigError, match=r"algorithm.normalization='zscore': valid: mean_std, min_max, quantile"):
+        vector_normalizers(state, "zscore", "mean_std")
+    with pytest.raises(ConfigError, match=r"algorithm.normalization.JOINT_POSITIONS='z': valid"):
+        vector_normalizers(state, {"JOINT_POSITIONS": "z"}, "mean_std", known=known)

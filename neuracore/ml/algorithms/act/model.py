@@ -16,7 +16,7 @@ from neuracore.ml.core.data_types import ACTION_LIKE, STATE_LIKE, DataType, Moda
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.core.model import Batch, NeuracoreModel
 from neuracore.ml.core.model_init import ModelInitDescription
-from neuracore.ml.core.normalization import ImageNetNormalize, Normalizer, images_to_unit_float
+from neuracore.ml.core.normalization import ImageNetNormalize, images_to_unit_float, vector_normalizers
 from neuracore.ml.core.registry import register_algorithm
 
 VECTOR_INPUTS = STATE_LIKE
@@ -58,6 +58,7 @@ class ACT(NeuracoreModel):
         lr_backbone: float = 1e-5,
         weight_decay: float = 1e-4,
         temporal_ensemble_coeff: float | None = None,
+        normalization: str | dict[str, str] = "mean_std",
     ) -> None:
         super().__init__(model_init_description)
         mid = model_init_description
@@ -70,10 +71,11 @@ class ACT(NeuracoreModel):
         self.temporal_ensemble_coeff = temporal_ensemble_coeff  # used by rollouts (see TemporalEnsembler)
         self.horizon = mid.output_prediction_horizon
         self.vector_inputs = [dt for dt in mid.inputs if dt.modality == Modality.VECTOR]
-        self.input_norms = nn.ModuleDict({dt.value: Normalizer(mid.inputs[dt]) for dt in self.vector_inputs})
+        vectors = {dt: mid.inputs[dt] for dt in self.vector_inputs}
+        self.input_norms = vector_normalizers(vectors, normalization, "mean_std", known={**vectors, **mid.outputs})
         self.output_types = list(mid.outputs)
         self.output_dims = [mid.outputs[dt].dim for dt in self.output_types]
-        self.output_norms = nn.ModuleDict({dt.value: Normalizer(mid.outputs[dt]) for dt in self.output_types})
+        self.output_norms = vector_normalizers(mid.outputs, normalization, "mean_std", known={**vectors, **mid.outputs})
         state_dim = sum(mid.inputs[dt].dim for dt in self.vector_inputs)
         action_dim = sum(self.output_dims)
         self.num_cameras = len(mid.inputs[DataType.RGB_IMAGES].items) if DataType.RGB_IMAGES in mid.inputs else 0

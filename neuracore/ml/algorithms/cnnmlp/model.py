@@ -14,7 +14,7 @@ from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import ACTION_LIKE, STATE_LIKE, DataType, Modality
 from neuracore.ml.core.model import Batch, NeuracoreModel
 from neuracore.ml.core.model_init import ModelInitDescription
-from neuracore.ml.core.normalization import ImageNetNormalize, Normalizer, images_to_unit_float
+from neuracore.ml.core.normalization import ImageNetNormalize, images_to_unit_float, vector_normalizers
 from neuracore.ml.core.registry import register_algorithm
 
 _POOL = 4  # feature maps are pooled to 4x4 before flattening, keeping where things are
@@ -41,16 +41,18 @@ class CNNMLP(NeuracoreModel):
         lr_backbone: float = 1e-5,
         weight_decay: float = 1e-4,
         use_pretrained_weights: bool = False,
+        normalization: str | dict[str, str] = "mean_std",
     ) -> None:
         super().__init__(model_init_description)
         mid = model_init_description
         self.lr, self.lr_backbone, self.weight_decay = lr, lr_backbone, weight_decay
         self.horizon = mid.output_prediction_horizon
         self.vector_inputs = [dt for dt in mid.inputs if dt.modality == Modality.VECTOR]
-        self.input_norms = nn.ModuleDict({dt.value: Normalizer(mid.inputs[dt]) for dt in self.vector_inputs})
+        vectors = {dt: mid.inputs[dt] for dt in self.vector_inputs}
+        self.input_norms = vector_normalizers(vectors, normalization, "mean_std", known={**vectors, **mid.outputs})
         self.output_types = list(mid.outputs)
         self.output_dims = [mid.outputs[dt].dim for dt in self.output_types]
-        self.output_norms = nn.ModuleDict({dt.value: Normalizer(mid.outputs[dt]) for dt in self.output_types})
+        self.output_norms = vector_normalizers(mid.outputs, normalization, "mean_std", known={**vectors, **mid.outputs})
 
         self.num_cameras = len(mid.inputs[DataType.RGB_IMAGES].items) if DataType.RGB_IMAGES in mid.inputs else 0
         self.imagenet = ImageNetNormalize()

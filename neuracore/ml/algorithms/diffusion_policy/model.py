@@ -20,7 +20,7 @@ from neuracore.ml.core.data_types import ACTION_LIKE, STATE_LIKE, DataType, Moda
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.core.model import Batch, NeuracoreModel
 from neuracore.ml.core.model_init import ModelInitDescription
-from neuracore.ml.core.normalization import ImageNetNormalize, Normalizer, images_to_unit_float
+from neuracore.ml.core.normalization import ImageNetNormalize, images_to_unit_float, vector_normalizers
 from neuracore.ml.core.registry import register_algorithm
 
 VECTOR_INPUTS = STATE_LIKE
@@ -88,7 +88,7 @@ class DiffusionPolicy(NeuracoreModel):
         clip_sample: bool = True,
         clip_sample_range: float = 1.0,
         prediction_type: Literal["epsilon", "sample"] = "epsilon",
-        normalization_type: Literal["min_max", "mean_std"] = "min_max",
+        normalization_type: str | dict[str, str] = "min_max",
         lr: float = 1e-4,
         freeze_backbone: bool = False,
         lr_backbone: float = 1e-4,
@@ -131,14 +131,13 @@ class DiffusionPolicy(NeuracoreModel):
         self.use_group_norm = (not use_pretrained_weights) if use_group_norm is None else bool(use_group_norm)
 
         self.vector_inputs = [dt for dt in mid.inputs if dt.modality == Modality.VECTOR]
-        self.input_norms = nn.ModuleDict(
-            {dt.value: Normalizer(mid.inputs[dt], normalization_type) for dt in self.vector_inputs}
-        )
+        vectors = {dt: mid.inputs[dt] for dt in self.vector_inputs}
+        self.input_norms = vector_normalizers(vectors, normalization_type, "min_max", "algorithm.normalization_type",
+                                              known={**vectors, **mid.outputs})
         self.output_types = list(mid.outputs)
         self.output_dims = [mid.outputs[dt].dim for dt in self.output_types]
-        self.output_norms = nn.ModuleDict(
-            {dt.value: Normalizer(mid.outputs[dt], normalization_type) for dt in self.output_types}
-        )
+        self.output_norms = vector_normalizers(mid.outputs, normalization_type, "min_max",
+                                               "algorithm.normalization_type", known={**vectors, **mid.outputs})
         state_dim = sum(mid.inputs[dt].dim for dt in self.vector_inputs)
         self.num_cameras = len(mid.inputs[DataType.RGB_IMAGES].items) if DataType.RGB_IMAGES in mid.inputs else 0
         if not state_dim and not self.num_cameras:

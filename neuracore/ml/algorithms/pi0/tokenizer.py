@@ -1,6 +1,7 @@
-"""Prompt tokenisation for pi0: the PaliGemma tokenizer from a local folder, or a byte-level one.
+"""Prompt tokenisation for pi0 and pi0.5: the PaliGemma tokenizer from a local folder, or a byte-level one.
 
 pi0's prompt is `<bos>` + the cleaned instruction + `\\n`, padded (right) or cut to `max_len` tokens.
+pi0.5 assembles its prompt from pieces (`encode`, `bos_id`, `pad_id`; see `pi05.prompt`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ class PromptTokenizer(Protocol):
     """What pi0 needs from a tokenizer."""
 
     vocab_size: int
+    bos_id: int
+    pad_id: int
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text as written: no bos, no cleaning, no padding."""
 
     def __call__(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`(ids [B, max_len] int64, real-token mask [B, max_len] bool)`."""
@@ -29,7 +35,8 @@ def clean_prompt(text: str) -> str:
     return text.strip().replace("_", " ").replace("\n", " ")
 
 
-def _pad(rows: list[list[int]], max_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: list[list[int]], max_len: int, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids, cut to `max_len` and right-padded: `(ids [B, max_len], real-token mask [B, max_len])`."""
     ids = torch.full((len(rows), max_len), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), max_len), dtype=torch.bool)
     for i, row in enumerate(rows):
@@ -43,11 +50,17 @@ class ByteTokenizer:
     """UTF-8 bytes as tokens: needs no files, for randomly initialised models (e.g. `pi0_tiny`)."""
 
     vocab_size = BYTE_VOCAB
+    bos_id = 1
+    pad_id = 0
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """UTF-8 bytes shifted past the three special ids."""
+        return [[b + 3 for b in t.encode("utf-8")] for t in texts]
 
     def __call__(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenise a batch of prompts."""
-        rows = [[1] + [b + 3 for b in (clean_prompt(t) + "\n").encode("utf-8")] for t in texts]
-        return _pad(rows, max_len, 0)
+        rows = [[self.bos_id, *row] for row in self.encode([clean_prompt(t) + "\n" for t in texts])]
+        return pad_rows(rows, max_len, self.pad_id)
 
 
 class HFTokenizer:
@@ -67,12 +80,17 @@ class HFTokenizer:
         if self.tokenizer.bos_token_id is None:
             raise ConfigError(f"algorithm.tokenizer_path={path!r}: the tokenizer has no bos token")
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.bos_id = int(self.tokenizer.bos_token_id)
         self.vocab_size = len(self.tokenizer)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids without special tokens."""
+        return [list(row) for row in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def __call__(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenise a batch of prompts (bos added here so every tokenizer behaves alike)."""
-        encoded = self.tokenizer([clean_prompt(t) + "\n" for t in texts], add_special_tokens=False)["input_ids"]
-        return _pad([[self.tokenizer.bos_token_id, *row] for row in encoded], max_len, self.pad_id)
+        encoded = self.encode([clean_prompt(t) + "\n" for t in texts])
+        return pad_rows([[self.bos_id, *row] for row in encoded], max_len, self.pad_id)
 
 
 def load_tokenizer(path: str | None, vocab_size: int) -> PromptTokenizer:

@@ -1,4 +1,8 @@
-"""Load pi0 weights from local safetensors in the openpi/LeRobot pi0 layout or the HF PaliGemma layout.
+"""Load pi0/pi0.5 weights from local safetensors in the openpi/LeRobot layout or the HF PaliGemma layout.
+
+The `pi0` layout is openpi's PyTorch `PI0Pytorch` (`paligemma_with_expert.*`, optionally under LeRobot's
+`model.`), for pi0 (`state_proj`, `action_time_mlp_*`) and for pi0.5 (`time_mlp_*`, the expert norms'
+adaRMS `dense`): which keys are expected follows from the model's own parameters.
 
 Strict: every checkpoint key maps to exactly one parameter (apart from a short, named list of keys
 pi0 does not use), every expected parameter is present, shapes agree. Everything is checked before
@@ -40,6 +44,8 @@ _PI0_RULES = [
     ("action_out_proj.", "action_out_proj."),
     ("action_time_mlp_in.", "action_time_mlp_in."),
     ("action_time_mlp_out.", "action_time_mlp_out."),
+    ("time_mlp_in.", "time_mlp_in."),
+    ("time_mlp_out.", "time_mlp_out."),
 ]
 # Keys pi0 never uses: Gemma LM heads (tied to the embeddings; pi0 predicts actions, not tokens).
 _PI0_IGNORED = {
@@ -47,6 +53,15 @@ _PI0_IGNORED = {
     _PI0 + "paligemma.language_model.lm_head.weight",
     _PI0 + "gemma_expert.lm_head.weight",
 }
+# PaliGemma's LM head is tied to its token embeddings, and safetensors' `save_model` keeps one name of a
+# tied pair: openpi's converted pi05 checkpoints hold only the head (openpi issue #669). It then stands in.
+_TIED_HEADS = (
+    _PI0 + "paligemma.lm_head.weight",
+    _PI0 + "paligemma.language_model.lm_head.weight",
+    "lm_head.weight",
+    "language_model.lm_head.weight",
+)
+_EMBED = "backbone.embed_tokens.weight"
 # LeRobot stores its dataset statistics next to the weights; ours come from the training dataset.
 _PI0_IGNORED_PREFIXES = ("normalize_inputs.", "normalize_targets.", "unnormalize_outputs.")
 
@@ -67,9 +82,9 @@ _OWN_ONLY = ("input_norms.", "output_norms.")
 
 _LAYER = re.compile(r"^backbone\.(vlm|expert)\.layers\.(\d+)\.(.+)$")
 _RENAMES = {
-    "backbone.vlm.embed_tokens.weight": "backbone.embed_tokens.weight",
-    "backbone.vlm.norm.weight": "backbone.vlm_norm.weight",
-    "backbone.expert.norm.weight": "backbone.expert_norm.weight",
+    "backbone.vlm.embed_tokens.": "backbone.embed_tokens.",
+    "backbone.vlm.norm.": "backbone.vlm_norm.",
+    "backbone.expert.norm.": "backbone.expert_norm.",  # `.weight` (pi0) or `.dense.weight/bias` (pi0.5)
 }
 
 
@@ -79,8 +94,9 @@ def _canonical(key: str) -> str:
     Also drops SigLIP's `vision_model.` level, present or not depending on the transformers version.
     """
     key = key.replace("backbone.vision.vision_model.", "backbone.vision.")
-    if key in _RENAMES:
-        return _RENAMES[key]
+    for old, new in _RENAMES.items():
+        if key.startswith(old):
+            return new + key[len(old) :]
     match = _LAYER.match(key)
     if match:
         return f"backbone.layers.{match.group(2)}.{match.group(1)}.{match.group(3)}"
@@ -158,8 +174,14 @@ def _map_key(key: str, layout: str) -> str | None:
     return ""
 
 
+def _tied_head(shapes: dict[str, tuple[Path, tuple[int, ...]]]) -> str | None:
+    """The checkpoint's PaliGemma LM-head key, if any (with or without LeRobot's `model.`)."""
+    return next((k for k in sorted(shapes) if k.removeprefix("model.") in _TIED_HEADS), None)
+
+
 def load_pretrained(model: nn.Module, path: str, layout: Layout = "auto") -> str:
-    """Copy the checkpoint at `path` into `model` (a `Pi0`); returns the layout that was read."""
+    """Copy the checkpoint at `path` into `model` (a `Pi0` or `Pi05`); returns the layout that was read."""
+    name = getattr(model, "algorithm_name", "") or "pi0"
     files = checkpoint_files(path)
     shapes = _read_shapes(files)
     first = files[0]
@@ -173,20 +195,25 @@ def load_pretrained(model: nn.Module, path: str, layout: Layout = "auto") -> str
         if target is None:
             continue
         if target == "" or target not in own:
-            raise CheckpointError(f"{file}: unexpected key {key!r} (not part of pi0 in the {found} layout)")
+            raise CheckpointError(f"{file}: unexpected key {key!r} (not part of {name} in the {found} layout)")
         if target in plan:
             raise CheckpointError(f"{file}: keys {plan[target][1]!r} and {key!r} both map to {target!r}")
         expected = tuple(own[target][1].shape)
         if shape != expected:
             raise CheckpointError(
-                f"{file}: {key!r} has shape {list(shape)} but pi0's {own[target][0]} is {list(expected)} "
+                f"{file}: {key!r} has shape {list(shape)} but {name}'s {own[target][0]} is {list(expected)} "
                 "(do the algorithm sizes match the checkpoint?)"
             )
         plan[target] = (file, key)
+    head = _tied_head(shapes)
+    if _EMBED in own and _EMBED not in plan and head is not None and shapes[head][1] == tuple(own[_EMBED][1].shape):
+        plan[_EMBED] = (shapes[head][0], head)
     missing = sorted(set(own) - set(plan))
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
-        raise CheckpointError(f"{first}: missing key(s) for pi0 in the {found} layout: {', '.join(missing[:3])}{more}")
+        raise CheckpointError(
+            f"{first}: missing key(s) for {name} in the {found} layout: {', '.join(missing[:3])}{more}"
+        )
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for target, (file, key) in plan.items():
         by_file.setdefault(file, []).append((target, key))
@@ -196,5 +223,5 @@ def load_pretrained(model: nn.Module, path: str, layout: Layout = "auto") -> str
                 for target, key in pairs:
                     tensor = own[target][1]
                     tensor.copy_(handle.get_tensor(key).to(dtype=tensor.dtype, device=tensor.device))
-    logger.info("pi0: loaded %d tensors from %s (%s layout)", len(plan), path, found)
+    logger.info("%s: loaded %d tensors from %s (%s layout)", name, len(plan), path, found)
     return found
