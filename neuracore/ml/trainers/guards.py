@@ -53,11 +53,14 @@ class NonFiniteGuard:
 
     def observe(self, losses: dict[str, torch.Tensor], step: int) -> None:
         """Note whether this micro-batch's losses are finite (tensor ops only; `step` is the step it belongs to)."""
+        bad_now = []
         for key, value in losses.items():
-            finite = torch.isfinite(value.detach()).all()
+            bad = ~torch.isfinite(value.detach()).all()
             seen = self.bad_terms.get(key)
-            self.bad_terms[key] = ~finite if seen is None else seen | ~finite
-            fresh = (~finite) & (self.first_bad < 0)
+            self.bad_terms[key] = bad if seen is None else seen | bad
+            bad_now.append(bad)
+        if bad_now:  # one update of the first bad step per micro-batch, not one per loss term
+            fresh = torch.stack(bad_now).any() & (self.first_bad < 0)
             self.first_bad = torch.where(fresh, torch.full_like(self.first_bad, step), self.first_bad)
 
     def check(self, accelerator: Accelerator, where: str, run_dir: Path) -> None:

@@ -137,6 +137,10 @@ class CompiledStep:
             self.core.update_in_step()
         return losses, grad_norm
 
+    def _owned(self, losses: Losses) -> Losses:
+        # Only CUDA-graph outputs are overwritten by the next replay; other programs return fresh tensors.
+        return {k: v.clone() for k, v in losses.items()} if self.graphed else losses
+
     # --- the call the loop makes ---------------------------------------------------------------
     def __call__(self, batch: dict[str, Any]) -> tuple[Losses, torch.Tensor | None]:
         accelerator = self.accelerator
@@ -144,12 +148,11 @@ class CompiledStep:
         batch = _tensors_only(self.core.prepare_batch(batch))
         with accelerator.accumulate(self.core):  # keeps accelerate's sync_gradients bookkeeping
             if not accelerator.sync_gradients:
-                return _owned(self._accumulate(batch)), None
+                return self._owned(self._accumulate(batch)), None
             self.stepping = True
             losses, grad_norm = self._apply(batch)
             self.stepping = False
-        # CUDA-graph outputs live in memory the next replay overwrites: the loop keeps its own copies.
-        return _owned(losses), grad_norm.clone() if self.graphed else grad_norm
+        return self._owned(losses), grad_norm.clone() if self.graphed else grad_norm
 
 
 def _tensors_only(batch: dict[str, Any]) -> dict[str, Any]:
@@ -158,8 +161,7 @@ def _tensors_only(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in batch.items() if not (isinstance(v, (list, tuple)) and v and isinstance(v[0], str))}
 
 
-def _owned(losses: Losses) -> Losses:
-    return {k: v.clone() for k, v in losses.items()}
+
 
 
 def clip_by_global_norm(grads: list[torch.Tensor], limit: float | None) -> torch.Tensor:
