@@ -110,6 +110,16 @@ class NeuracoreModel(nn.Module, abc.ABC):
         """The EMA this algorithm trains with under `ema.decay=auto` ({"decay", "power"}), or None (off)."""
         return None
 
+    def lora_defaults(self) -> dict[str, list[str]]:
+        """What `lora.target_modules=auto` and `lora.trainable=auto` mean for this algorithm.
+
+        `target_modules`: patterns of the module names that get LoRA adapters (a regular expression
+        matching the whole name, or a name matched as a suffix, as peft does); only `nn.Linear` layers whose
+        weight trains without LoRA qualify. `trainable`: patterns of modules trained fully besides the
+        adapters (everything else is frozen). Default: adapters on every linear layer, nothing else trained.
+        """
+        return {"target_modules": [r".*"], "trainable": []}
+
     def update_in_step(self) -> None:
         """Tensor-only update right after each optimizer step, inside the (compiled) step program.
 

@@ -258,6 +258,11 @@ def sample_chunks(model: NeuracoreModel, prefix: torch.Tensor, prefix_pad: torch
     return {dt_.value: model.output_norms[dt_.value].unnormalize(c) for dt_, c in zip(model.output_types, chunks)}
 
 
+# LoRA's defaults for pi0 and pi0.5 (openpi's gemma_2b_lora / gemma_300m_lora): adapters on the attention and
+# MLP projections of the language model and of the action expert; SigLIP, the embeddings and the norms frozen.
+LORA_TARGETS = [r"backbone\.layers\.\d+\.(vlm|expert)\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)"]
+
+
 def vla_optimizers(model: NeuracoreModel) -> list[torch.optim.Optimizer]:
     """AdamW over trainable parameters only (frozen ones get no optimizer state)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -353,6 +358,12 @@ class Pi0(NeuracoreModel):
         self.action_out_proj = nn.Linear(expert_width, max_action_dim)
         finish_setup(self, pretrained_path, pretrained_layout, weights_dtype, train_expert_only,
                      freeze_vision_encoder, gradient_checkpointing)
+
+    def lora_defaults(self) -> dict[str, list[str]]:
+        """Adapters on the language model and the expert; the state/action/time projections train fully."""
+        return {"target_modules": LORA_TARGETS,
+                "trainable": ["state_proj", "action_in_proj", "action_time_mlp_in", "action_time_mlp_out",
+                              "action_out_proj"]}
 
     def export_assets(self) -> dict[str, Path]:
         """The tokenizer folder travels inside the export (`assets/tokenizer_path/`)."""

@@ -19,6 +19,7 @@ from neuracore.ml.algorithms.pi0.backbone import PaliGemmaWithExpert, sizes_from
 from neuracore.ml.algorithms.pi0.model import (
     LANGUAGE_TOKEN_MASK,
     LANGUAGE_TOKENS,
+    LORA_TARGETS,
     Pi0,
     batch_size_of,
     check_image_size,
@@ -118,6 +119,11 @@ class Pi05(NeuracoreModel):
         self.action_out_proj = nn.Linear(expert_width, max_action_dim)
         finish_setup(self, pretrained_path, pretrained_layout, weights_dtype, train_expert_only,
                      freeze_vision_encoder, gradient_checkpointing)
+
+    def lora_defaults(self) -> dict[str, list[str]]:
+        """Adapters on the language model and the expert (adaRMS layers frozen); action/time projections train."""
+        return {"target_modules": LORA_TARGETS,
+                "trainable": ["action_in_proj", "time_mlp_in", "time_mlp_out", "action_out_proj"]}
 
     def export_assets(self) -> dict[str, Path]:
         """The tokenizer folder travels inside the export (`assets/tokenizer_path/`)."""
