@@ -70,6 +70,21 @@ class EmaOptions:
 
 
 @dataclass
+class LoraOptions:
+    """`lora.*` keys: LoRA adapters through peft (trainers/peft.py); `rank` null or 0 is off."""
+
+    rank: int | None = None
+    alpha: float | None = None  # null = rank (scaling 1)
+    dropout: float = 0.0
+    target_modules: list[str] | str = "auto"  # auto: the algorithm's `lora_defaults()`
+    trainable: list[str] | str = "auto"  # modules trained fully besides the adapters; auto: the algorithm's
+    export: str = "merged"  # merged | adapter
+
+
+LORA_EXPORTS = ("merged", "adapter")
+
+
+@dataclass
 class AlgorithmChoice:
     """The resolved `algorithm` group: registered name, class and hyper-parameters."""
 
@@ -112,6 +127,7 @@ class TrainConfig:
     autotune: AutotuneOptions = field(default_factory=AutotuneOptions)
     memory_monitor: MemoryMonitorOptions = field(default_factory=MemoryMonitorOptions)
     ema: EmaOptions = field(default_factory=EmaOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved config as plain data
 
 
@@ -229,6 +245,23 @@ def _section(key: str, node: Any, cls: type) -> Any:
     return cls(**{k: _check(f"{key}.{k}", v, hints[k]) for k, v in node.items()})
 
 
+def _lora_options(node: Any) -> LoraOptions:
+    """`lora.*` with ranges: rank >= 0, alpha > 0, dropout in [0, 1), patterns as lists or auto."""
+    lora = _section("lora", node, LoraOptions)
+    _positive("lora.rank", lora.rank, 0)
+    if lora.alpha is not None and lora.alpha <= 0:
+        raise ConfigError(f"lora.alpha={lora.alpha}: must be > 0 (or null: the rank)")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout={lora.dropout}: must be in [0, 1)")
+    for key in ("target_modules", "trainable"):
+        value = getattr(lora, key)
+        if isinstance(value, str) and value != "auto":
+            raise ConfigError(f"lora.{key}={value!r}: expected auto or a list of module-name patterns like [q_proj, v_proj]")
+    if lora.export not in LORA_EXPORTS:
+        raise ConfigError(f"lora.export={lora.export!r}: valid: {', '.join(LORA_EXPORTS)}")
+    return lora
+
+
 def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     """Check every key and value of a resolved config (plain dict) and return a `TrainConfig`."""
     cfg = {k: v for k, v in cfg.items() if k != "hydra"}
@@ -240,7 +273,7 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
     values: dict[str, Any] = {}
     for key, value in cfg.items():
-        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor", "ema"):
+        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor", "ema", "lora"):
             continue
         if key == "batch_size":
             if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -295,9 +328,11 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     if ema.inv_gamma <= 0 or not 0.0 <= ema.min_decay < 1.0:
         raise ConfigError(f"ema.inv_gamma={ema.inv_gamma}, ema.min_decay={ema.min_decay}: need inv_gamma > 0 and "
                           "min_decay in [0, 1)")
+    lora = _lora_options(cfg.get("lora"))
     config = TrainConfig(
         algorithm=resolve_algorithm(cfg.get("algorithm")),
         ema=ema,
+        lora=lora,
         training=training,
         dataset=loader,
         autotune=autotune,
