@@ -38,6 +38,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     from neuracore.ml.trainers.data import build_data, check_full_batches, device_decode_collate, make_loader
     from neuracore.ml.trainers.ema import attach_ema
     from neuracore.ml.trainers.loop import LoopParts, fit
+    from neuracore.ml.trainers.peft import setup_lora
     from neuracore.ml.trainers.run_folder import (
         discard_unstarted_run,
         export_run,
@@ -68,6 +69,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
             dataset = open_dataset(_local_dataset_name(config.dataset_name))
         data = build_data(config, dataset)
         model = build_model(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
+        lora = setup_lora(config.lora, model)  # adapters in, base weights frozen: before the optimizers exist
         total_params, trainable = count_parameters(model)
         logger.info("%s: %s parameters (%s trainable); inputs %s; outputs %s", config.algorithm.name, f"{total_params:,}",
                     f"{trainable:,}", _items(data.model_init.inputs), _items(data.model_init.outputs))
@@ -107,6 +109,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
             world_size=accelerator.num_processes,
             batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
+            extra={"lora": lora.record() if lora else None},
         )
         if resume_path is not None:
             trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, core_model(accelerator, model))

@@ -95,6 +95,13 @@ class NeuracoreModel(nn.Module, abc.ABC):
         """
         return {}
 
+    def base_weight_files(self) -> list[Path]:
+        """Files the initial weights were read from (e.g. pi0's `pretrained_path`); default: none.
+
+        A LoRA adapter-only export (`lora.export=adapter`) refers to them by sha256 as its base.
+        """
+        return []
+
     def prepare_batch(self, batch: Batch) -> Batch:
         """Host-side work on a batch before the step program runs (e.g. tokenising language); default: none.
 

@@ -117,10 +117,14 @@ def export_model(
     training: dict[str, Any] | None = None,
     dataset: dict[str, Any] | None = None,
     state_dict: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    weights_file: str = WEIGHTS_FILE,
 ) -> Path:
     """Write `out_dir` atomically (temp folder, then rename); an existing export is replaced.
 
-    `state_dict` (e.g. gathered from FSDP shards) replaces the module's own tensors in the file.
+    `state_dict` (e.g. gathered from FSDP shards, or LoRA-merged) replaces the module's own tensors in
+    the file; `extra` adds (or overrides) top-level config.json keys; `weights_file` names the weights
+    (export/adapter.py writes `adapter.safetensors`).
     """
     out_dir = Path(out_dir)
     mid: ModelInitDescription = model.model_init_description
@@ -146,6 +150,7 @@ def export_model(
         "dataset": _json_safe(dataset or {}),
         "training": _json_safe(training or {}),
         "versions": package_versions(),
+        **_json_safe(extra or {}),
     }
     assets = _export_assets(model)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -157,11 +162,11 @@ def export_model(
             config["algorithm"]["hyperparameters"].update({k: v["path"] for k, v in config["assets"].items()})
         config["format_version"] = EXPORT_FORMAT_VERSION if assets else _FORMAT_WITHOUT_ASSETS
         if state_dict is None:
-            safetensors.torch.save_model(model, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+            safetensors.torch.save_model(model, str(tmp / weights_file), metadata={"format": "pt"})
         else:  # one consolidated file
             tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-            safetensors.torch.save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        config["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
+            safetensors.torch.save_file(tensors, str(tmp / weights_file), metadata={"format": "pt"})
+        config["weights_sha256"] = sha256_file(tmp / weights_file)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         (tmp / CARD_FILE).write_text(model_card(config))
         tmp.chmod(0o755)
@@ -298,6 +303,41 @@ def _resolve_assets(folder: Path, config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def verified_weights(folder: Path, config: dict[str, Any], weights_file: str) -> Path:
+    """The export's weights file, present and matching config.json's sha256."""
+    weights = folder / weights_file
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: missing weights file")
+    expected_sha = config.get("weights_sha256")
+    if expected_sha and sha256_file(weights) != expected_sha:
+        raise CheckpointError(f"{weights}: sha256 does not match config.json (corrupt or replaced weights)")
+    return weights
+
+
+def rebuild_model(folder: Path, config: dict[str, Any], cls: type[NeuracoreModel], pretrained: bool) -> NeuracoreModel:
+    """The export's model with its recorded hyper-parameters, assets read from the folder.
+
+    `pretrained=False` (a full export) applies the class's `rebuild_overrides`: the exported weights
+    replace any pretrained ones, which are never fetched again. An adapter export keeps them (the base).
+    """
+    name = config["algorithm"]["name"]
+    embedded = _resolve_assets(folder, config)
+    try:
+        mid = ModelInitDescription.from_json(config["model_init_description"])
+        hyper = dict(config["algorithm"].get("hyperparameters", {}))
+        if not pretrained:
+            hyper.update({k: v for k, v in cls.rebuild_overrides.items() if k in hyper})
+        hyper.update(embedded)  # embedded folders (e.g. a tokenizer) are read from this export
+        model = build_model(cls, mid, hyper)
+    except (KeyError, TypeError, ValueError, AttributeError, NeuracoreError) as exc:
+        raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild {name} ({one_line(exc)})") from None
+    outside = sorted(set(model.export_assets()) - set(embedded))
+    if outside:  # an export made before asset folders were embedded
+        log.warning("%s: %s read from outside the model folder (%s); re-export to embed it",
+                    folder, ", ".join(f"algorithm.{k}" for k in outside), ", ".join(str(hyper[k]) for k in outside))
+    return model
+
+
 def load_model_folder(
     folder: str | Path, trusted_algorithms: dict[str, type[NeuracoreModel]] | None = None
 ) -> tuple[NeuracoreModel, dict[str, Any]]:
@@ -316,26 +356,13 @@ def load_model_folder(
             f"or pass trusted_algorithms={{{name!r}: YourClass}} (registered: {', '.join(sorted(known))})"
         )
     cls = known[name]
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: missing weights file")
-    expected_sha = config.get("weights_sha256")
-    if expected_sha and sha256_file(weights) != expected_sha:
-        raise CheckpointError(f"{weights}: sha256 does not match config.json (corrupt or replaced weights)")
-    embedded = _resolve_assets(folder, config)
-    try:
-        mid = ModelInitDescription.from_json(config["model_init_description"])
-        hyper = dict(config["algorithm"].get("hyperparameters", {}))
-        # The exported weights replace any pretrained ones: never fetch them again when loading.
-        hyper.update({k: v for k, v in cls.rebuild_overrides.items() if k in hyper})
-        hyper.update(embedded)  # embedded folders (e.g. a tokenizer) are read from this export
-        model = build_model(cls, mid, hyper)
-    except (KeyError, TypeError, ValueError, AttributeError, NeuracoreError) as exc:
-        raise CheckpointError(f"{folder / CONFIG_FILE}: cannot rebuild {name} ({one_line(exc)})") from None
-    outside = sorted(set(model.export_assets()) - set(embedded))
-    if outside:  # an export made before asset folders were embedded
-        log.warning("%s: %s read from outside the model folder (%s); re-export to embed it",
-                    folder, ", ".join(f"algorithm.{k}" for k in outside), ", ".join(str(hyper[k]) for k in outside))
+    lora = config.get("lora")
+    if isinstance(lora, dict) and lora.get("merged") is False:  # adapters only, on top of a referenced base
+        from neuracore.ml.export.adapter import load_adapter_folder
+
+        return load_adapter_folder(folder, config, cls)
+    weights = verified_weights(folder, config, WEIGHTS_FILE)
+    model = rebuild_model(folder, config, cls, pretrained=False)
     try:
         missing, unexpected = safetensors.torch.load_model(model, str(weights), strict=False)
     except Exception as exc:  # noqa: BLE001 - unreadable, corrupt or mismatched file

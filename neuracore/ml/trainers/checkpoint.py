@@ -179,6 +179,13 @@ def load_checkpoint(
         have, want = getattr(state, key), getattr(expected, key)
         if have and want and have != want:
             raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: checkpoint {key} is {have!r}, this run has {want!r}")
+    if "lora" in expected.extra:  # the adapters (their names, hence the state's keys) must be the same
+        from neuracore.ml.trainers.peft import check_resumable
+
+        try:
+            check_resumable(state.extra.get("lora"), expected.extra["lora"], f"resume_checkpoint_path={str(path)!r}")
+        except ValueError as exc:
+            raise CheckpointError(str(exc)) from None
     if state.world_size != expected.world_size:
         raise CheckpointError(
             f"resume_checkpoint_path={str(path)!r}: saved with {state.world_size} processes, resuming with "

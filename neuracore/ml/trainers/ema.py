@@ -35,8 +35,9 @@ class WeightEMA:
                  min_decay: float = 0.0) -> None:
         self.decay, self.power, self.inv_gamma, self.min_decay = float(decay), float(power), float(inv_gamma), \
             float(min_decay)
-        self.names = [name for name, _ in model.named_parameters()]
-        self.params = [p for _, p in model.named_parameters()]
+        # Only what trains: frozen weights (a frozen backbone, LoRA's base layers) equal their EMA anyway.
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in model.named_parameters() if p.requires_grad]
         with torch.no_grad():
             self.shadows = [p.detach().clone() for p in self.params]
         device = self.params[0].device if self.params else torch.device("cpu")
@@ -48,19 +49,14 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        """One update, as tensor ops only: s <- s - (1 - d) * (s - p) for trained parameters, copies for frozen ones."""
+        """One update, as tensor ops only: s <- s - (1 - d) * (s - p) for every trained parameter."""
         self.updates.add_(1)
         n = (self.updates - 1).clamp_min(0)
         decay = (1 - (1 + n / self.inv_gamma) ** -self.power).clamp(self.min_decay, self.decay)
         decay = torch.where(n > 0, decay, torch.zeros_like(decay))
-        trained = [i for i, p in enumerate(self.params) if p.requires_grad]
-        if trained:
-            shadows = [self.shadows[i] for i in trained]
-            params = [self.params[i] for i in trained]
-            torch._foreach_add_(shadows, torch._foreach_mul(torch._foreach_sub(shadows, params), decay - 1))
-        for i, p in enumerate(self.params):
-            if not p.requires_grad:
-                self.shadows[i].copy_(p)
+        if self.params:
+            torch._foreach_add_(self.shadows, torch._foreach_mul(torch._foreach_sub(self.shadows, self.params),
+                                                                 decay - 1))
 
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:

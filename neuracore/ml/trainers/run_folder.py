@@ -16,6 +16,7 @@ from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.export.model_folder import export_model
 from neuracore.ml.trainers.accelerator import core_model
 from neuracore.ml.trainers.checkpoint import TrainerState, list_checkpoints
+from neuracore.ml.trainers.peft import lora_settings_of
 
 
 def prepare_run_folder(run_dir: Path, config: TrainConfig, state: PartialState) -> None:
@@ -96,4 +97,10 @@ def export_run(
         full = accelerator.get_state_dict(model) if accelerator.distributed_type == DistributedType.FSDP else None
         if not accelerator.is_main_process:
             return out_dir
+        lora = lora_settings_of(unwrapped)
+        if lora is not None:  # merged weights (default) or the adapters alone
+            from neuracore.ml.export.adapter import export_lora
+
+            state = full if full is not None else unwrapped.state_dict()
+            return export_lora(unwrapped, out_dir, lora, state, training=training, dataset=dataset)
         return export_model(unwrapped, out_dir, training=training, dataset=dataset, state_dict=full)

@@ -19,7 +19,7 @@ from neuracore.ml.algorithms.pi0.backbone import (
     sizes_from,
 )
 from neuracore.ml.algorithms.pi0.tokenizer import load_tokenizer
-from neuracore.ml.algorithms.pi0.weights import Layout, load_pretrained
+from neuracore.ml.algorithms.pi0.weights import Layout, checkpoint_files, load_pretrained
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import ACTION_LIKE, STATE_LIKE, DataType, Modality
 from neuracore.ml.core.errors import ConfigError
@@ -107,6 +107,12 @@ def setup_prompting(model: NeuracoreModel, mid: ModelInitDescription, default_pr
         raise ConfigError(
             "algorithm.tokenizer_path: needed with algorithm.pretrained_path (the checkpoint's token ids)"
         )
+
+
+def pretrained_files(model: NeuracoreModel) -> list[Path]:
+    """The safetensors file(s) of `algorithm.pretrained_path`, or none for a random start."""
+    path = getattr(model, "hyperparameters", {}).get("pretrained_path")
+    return checkpoint_files(path) if path else []
 
 
 def tokenizer_assets(model: NeuracoreModel) -> dict[str, Path]:
@@ -358,6 +364,10 @@ class Pi0(NeuracoreModel):
         self.action_out_proj = nn.Linear(expert_width, max_action_dim)
         finish_setup(self, pretrained_path, pretrained_layout, weights_dtype, train_expert_only,
                      freeze_vision_encoder, gradient_checkpointing)
+
+    def base_weight_files(self) -> list[Path]:
+        """The `pretrained_path` checkpoint file(s), when the weights came from one."""
+        return pretrained_files(self)
 
     def lora_defaults(self) -> dict[str, list[str]]:
         """Adapters on the language model and the expert; the state/action/time projections train fully."""

@@ -29,6 +29,7 @@ from neuracore.ml.algorithms.pi0.model import (
     flow_targets,
     joint_forward,
     normalized_state,
+    pretrained_files,
     prompts_of,
     sample_chunks,
     setup_prompting,
@@ -119,6 +120,10 @@ class Pi05(NeuracoreModel):
         self.action_out_proj = nn.Linear(expert_width, max_action_dim)
         finish_setup(self, pretrained_path, pretrained_layout, weights_dtype, train_expert_only,
                      freeze_vision_encoder, gradient_checkpointing)
+
+    def base_weight_files(self) -> list[Path]:
+        """The `pretrained_path` checkpoint file(s), when the weights came from one."""
+        return pretrained_files(self)
 
     def lora_defaults(self) -> dict[str, list[str]]:
         """Adapters on the language model and the expert (adaRMS layers frozen); action/time projections train."""
