@@ -63,3 +63,19 @@ def test_fsdp_config_shards_on_two_cpu_ranks_resumes_exactly_and_exports_one_fil
     policy = Policy.from_pretrained(runs / "straight" / "model")
     state = policy.model.state_dict()
     assert all(torch.equal(state[k], torch.from_numpy(a[k])) for k in a)
+
+
+@pytest.mark.slow
+def test_fsdp_with_lora_and_ema_trains_adapters_only_and_exports_merged_weights(home: Path) -> None:
+    runs = home / "training" / "runs"
+    result = _launch(home, ["training_name=lora", "lora.rank=4", "ema.decay=0.9", "max_steps=2"])
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = (runs / "lora" / "train.log").read_text()
+    assert "distributed=FSDP" in log and "lora: rank 4" in log
+    merged = load_file(str(runs / "lora" / "model" / "model.safetensors"))
+    assert not any("lora_" in k or "base_layer" in k for k in merged)
+    from neuracore.ml import Policy
+
+    policy = Policy.from_pretrained(runs / "lora" / "model")
+    state = policy.model.state_dict()
+    assert set(state) == set(merged) and all(torch.equal(state[k], torch.from_numpy(merged[k])) for k in merged)
