@@ -124,3 +124,31 @@ def test_lora_with_ema_resumes_bit_identically_and_the_adapter_export_predicts_t
     merged = Policy.from_pretrained(_run(home, "straight") / "model").predict(frame)["JOINT_TARGET_POSITIONS"]
     adapted = Policy.from_pretrained(folder).predict(frame)["JOINT_TARGET_POSITIONS"]
     np.testing.assert_allclose(adapted, merged, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lora_on_act_under_ddp_two_cpu_ranks(home: Path) -> None:
+    """Every linear layer but those inside nn.MultiheadAttention: DDP finds no unused adapter."""
+    import os
+    import shutil
+    import socket
+    import sys
+
+    from tests.conftest import FAST, run_group
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    act = ["algorithm=act", *FAST[1:4], "num_workers=0", "training.log_images=false", "algorithm.hidden_dim=32",
+           "algorithm.nheads=2", "algorithm.dim_feedforward=64", "algorithm.num_encoder_layers=1",
+           "algorithm.num_vae_encoder_layers=1", "algorithm.use_pretrained_weights=false"]
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
+           "recipes/train.py", *act, "lora.rank=2", "max_steps=3", "training_name=actlora", "logging_frequency=1"]
+    result = run_group(cmd, {**os.environ, "NEURACORE_HOME": str(home), "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = _run(home, "actlora")
+    assert "world_size=2" in (run / "train.log").read_text() and "lora: rank 2" in (run / "train.log").read_text()
+    from neuracore.ml import Policy
+
+    assert Policy.from_pretrained(run / "model").model.algorithm_name == "act"
