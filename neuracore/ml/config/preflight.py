@@ -193,7 +193,7 @@ def check_dataset_and_spec(config: Any) -> None:
         names = available_datasets()
         names += [] if "demo" in names else ["demo"]
         raise DatasetError(f"dataset_name={config.dataset_name!r}: no such dataset in {path.parent}; available: {', '.join(names)}")
-    resolve_model_data_spec(
+    inputs, outputs = resolve_model_data_spec(
         read_spec(path),
         config.algorithm.cls,
         config.input_data_types,
@@ -201,3 +201,8 @@ def check_dataset_and_spec(config: Any) -> None:
         config.input_robot_data_spec,
         config.output_robot_data_spec,
     )
+    from neuracore.ml.core.relative_actions import resolve_relative_actions
+
+    relative = config.relative_actions  # checked against the run's items now, resolved again in build_data
+    resolve_relative_actions(relative.enabled, relative.pairs, relative.absolute_items,
+                             {dt: f.items for dt, f in outputs.items()}, {dt: f.items for dt, f in inputs.items()})

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from neuracore.ml.core.errors import ConfigError, one_line
 from neuracore.ml.core.model import NeuracoreModel
 from neuracore.ml.core.registry import get_algorithm, register_algorithm, registered_algorithms
+from neuracore.ml.core.relative_actions import parse_pairs
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DEVICES = ("cpu", "cuda", "mps")
@@ -85,6 +86,15 @@ LORA_EXPORTS = ("merged", "adapter")
 
 
 @dataclass
+class RelativeActionsOptions:
+    """`relative_actions.*` keys: outputs learnt as deltas to an input (core/relative_actions.py)."""
+
+    enabled: bool = False
+    pairs: dict[str, str] | str = "auto"  # {OUTPUT_DATA_TYPE: INPUT_DATA_TYPE}; auto: JOINT_TARGET_POSITIONS -> JOINT_POSITIONS
+    absolute_items: list[str] = field(default_factory=list)  # output items kept absolute (e.g. grippers)
+
+
+@dataclass
 class AlgorithmChoice:
     """The resolved `algorithm` group: registered name, class and hyper-parameters."""
 
@@ -128,6 +138,7 @@ class TrainConfig:
     memory_monitor: MemoryMonitorOptions = field(default_factory=MemoryMonitorOptions)
     ema: EmaOptions = field(default_factory=EmaOptions)
     lora: LoraOptions = field(default_factory=LoraOptions)
+    relative_actions: RelativeActionsOptions = field(default_factory=RelativeActionsOptions)
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved config as plain data
 
 
@@ -273,7 +284,7 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
     values: dict[str, Any] = {}
     for key, value in cfg.items():
-        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor", "ema", "lora"):
+        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor", "ema", "lora", "relative_actions"):
             continue
         if key == "batch_size":
             if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -329,10 +340,13 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"ema.inv_gamma={ema.inv_gamma}, ema.min_decay={ema.min_decay}: need inv_gamma > 0 and "
                           "min_decay in [0, 1)")
     lora = _lora_options(cfg.get("lora"))
+    relative = _section("relative_actions", cfg.get("relative_actions"), RelativeActionsOptions)
+    parse_pairs(relative.pairs)  # names and types now; items against the dataset in preflight and build_data
     config = TrainConfig(
         algorithm=resolve_algorithm(cfg.get("algorithm")),
         ema=ema,
         lora=lora,
+        relative_actions=relative,
         training=training,
         dataset=loader,
         autotune=autotune,

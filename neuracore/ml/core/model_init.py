@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from neuracore.ml.core.data_types import DataType, Modality
+from neuracore.ml.core.relative_actions import RelativePair, pairs_from_json, pairs_to_json
 
 
 @dataclass
@@ -54,24 +55,34 @@ class ModelInitDescription:
     output_prediction_horizon: int
     frequency: float = 10.0
     default_language: str | None = None
+    # Output items learnt and predicted as deltas to an input (core/relative_actions.py); [] = absolute.
+    relative_actions: list[RelativePair] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable form (goes into an exported config.json)."""
-        return {
+        out = {
             "inputs": {dt.value: f.to_json() for dt, f in self.inputs.items()},
             "outputs": {dt.value: f.to_json() for dt, f in self.outputs.items()},
             "output_prediction_horizon": self.output_prediction_horizon,
             "frequency": self.frequency,
             "default_language": self.default_language,
         }
+        if self.relative_actions:  # absent = absolute outputs (so exports without it read as before)
+            out["relative_actions"] = pairs_to_json(self.relative_actions)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelInitDescription:
         """Inverse of `to_json`."""
+        inputs = {DataType.parse(k): FeatureSpec.from_json(v) for k, v in data["inputs"].items()}
+        outputs = {DataType.parse(k): FeatureSpec.from_json(v) for k, v in data["outputs"].items()}
+        relative = data.get("relative_actions") or {}
         return cls(
-            inputs={DataType.parse(k): FeatureSpec.from_json(v) for k, v in data["inputs"].items()},
-            outputs={DataType.parse(k): FeatureSpec.from_json(v) for k, v in data["outputs"].items()},
+            inputs=inputs,
+            outputs=outputs,
             output_prediction_horizon=int(data["output_prediction_horizon"]),
             frequency=float(data.get("frequency", 10.0)),
             default_language=data.get("default_language"),
+            relative_actions=pairs_from_json(relative, {dt: f.items for dt, f in outputs.items()},
+                                             {dt: f.items for dt, f in inputs.items()}),
         )

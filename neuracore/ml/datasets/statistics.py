@@ -1,8 +1,17 @@
-"""Streaming per-item statistics: mean, std, min, max and q01/q99 from a bounded subsample."""
+"""Streaming per-item statistics: mean, std, min, max and q01/q99 from a bounded subsample.
+
+Also the statistics of relative (delta) actions over training windows (`relative_statistics`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+
+from neuracore.ml.core.data_types import DataType
+from neuracore.ml.core.relative_actions import RelativePair, window_steps
 
 _RESERVOIR = 20_000
 
@@ -59,3 +68,68 @@ class RunningStats:
             "q01": np.asarray(q01).tolist(),
             "q99": np.asarray(q99).tolist(),
         }
+
+
+# Relative actions: at most this many training windows feed the delta statistics (sampled with a
+# fixed seed above it), read in blocks of at most _DELTA_BLOCK_ROWS target rows.
+MAX_DELTA_WINDOWS = 20_000
+_DELTA_BLOCK_ROWS = 1 << 18
+
+
+def _take_rows(table: Any, column: str, rows: np.ndarray, width: int, value_index: np.ndarray) -> np.ndarray:
+    """Rows `rows` of a fixed-width vector column as `[len(rows), len(value_index)]` float32 (Arrow's take)."""
+    import pyarrow as pa
+
+    taken = table.column(column).take(pa.array(rows, pa.int64())).combine_chunks()
+    flat = taken.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(len(rows), width)[:, value_index].astype(np.float32, copy=False)
+
+
+def _sample_windows(lengths: np.ndarray, max_windows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(episode position, frame t) of every window, or of `max_windows` drawn without replacement; shuffled."""
+    total = int(lengths.sum())
+    rng = np.random.default_rng(seed)
+    flat = rng.permutation(total) if total <= max_windows else rng.choice(total, size=max_windows, replace=False)
+    ends = np.cumsum(lengths)
+    episode = np.searchsorted(ends, flat, side="right")
+    return episode, flat - (ends[episode] - lengths[episode])
+
+
+def relative_statistics(
+    dataset: Any, inputs: dict, outputs: dict, pairs: Sequence[RelativePair], episodes: Sequence[int],
+    horizon: int, max_windows: int = MAX_DELTA_WINDOWS, seed: int = 0,
+) -> dict[DataType, dict[str, list[float]]]:
+    """Statistics (mean, std, min, max, q01, q99, as `RunningStats` gives them) of each pair's deltas.
+
+    The deltas are `target[t + k] - state[t]` of the pair's items over the training windows of
+    `episodes` (every t of every episode; every k < `horizon`, padding steps excluded), computed in
+    float32 exactly as `WindowDataset` serves them. Vectorised numpy over blocks of windows read with
+    Arrow's `take` from the memory-mapped columns, so memory is bounded by the block size, not by the
+    dataset. With more than `max_windows` windows, `max_windows` of them are drawn without
+    replacement with the fixed `seed` (mean/std/min/max are then those of the sample). Windows are
+    visited in a seeded random order, so the quantiles' bounded subsample is uniform over them.
+    Returns per output DataType the statistics of `pair.items` (one value per item).
+    """
+    eps = [dataset.spec.episodes[e] for e in episodes]
+    if not eps:
+        return {}
+    lengths = np.array([e.length for e in eps], np.int64)
+    starts = np.array([e.start for e in eps], np.int64)
+    episode, t = _sample_windows(lengths, max_windows, seed)
+    window_rows, window_ends = starts[episode] + t, starts[episode] + lengths[episode]
+    block = max(1, _DELTA_BLOCK_ROWS // max(horizon, 1))
+    widths = {name: col.row_width for name, col in dataset.spec.columns.items()}
+    result: dict[DataType, dict[str, list[float]]] = {}
+    for pair in pairs:
+        target, state = outputs[pair.output], inputs[pair.input]
+        target_index = target.value_index[list(pair.output_index)]
+        state_index = state.value_index[list(pair.input_index)]
+        stats = RunningStats(len(pair.items), seed)
+        for lo in range(0, len(window_rows), block):
+            rows, ends = window_rows[lo:lo + block], window_ends[lo:lo + block]
+            target_rows, window = window_steps(rows, ends, horizon)
+            goal = _take_rows(dataset.table, target.columns[0], target_rows, widths[target.columns[0]], target_index)
+            now = _take_rows(dataset.table, state.columns[0], rows, widths[state.columns[0]], state_index)
+            stats.update(goal - now[window])
+        result[pair.output] = stats.result()
+    return result

@@ -12,6 +12,7 @@ import torch
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import DatasetError
+from neuracore.ml.core.relative_actions import RelativePair, to_delta
 from neuracore.ml.datasets.data_spec import ResolvedFeature
 from neuracore.ml.datasets.encoded import EncodedImages, is_jpeg_feature
 from neuracore.ml.datasets.format import MaterializedDataset, decode_images
@@ -41,6 +42,10 @@ class WindowDataset(torch.utils.data.Dataset):
     With `encoded_images=True`, image features stored as JPEG are not decoded here (in the loader
     workers) but served as `EncodedImages`, for `encoded.collate` and a device-side decode
     (`trainers.prefetch`); PNG and raw images are read as always.
+
+    With `relative_actions` (core/relative_actions.py), the pairs' output items are served as deltas
+    to the paired input at the window's last observation t (here, in the loader workers), so the
+    batch format and every algorithm's step stay as they are.
     """
 
     def __init__(
@@ -53,6 +58,7 @@ class WindowDataset(torch.utils.data.Dataset):
         horizon: int,
         default_language: str = "",
         encoded_images: bool = False,
+        relative_actions: Sequence[RelativePair] = (),
     ) -> None:
         self.table = dataset.table
         self.spec = dataset.spec
@@ -66,6 +72,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.frame_ids = np.concatenate([np.arange(e.length) for e in eps]) if eps else np.zeros(0, np.int64)
         self._widths = {name: col.row_width for name, col in self.spec.columns.items()}
         self.encoded_images = encoded_images
+        self.relative_actions = list(relative_actions)
 
     def __len__(self) -> int:
         return len(self.frame_ids)
@@ -131,6 +138,8 @@ class WindowDataset(torch.utils.data.Dataset):
                         values = self._images(feature, first, n)[steps - steps[0]]
                 sample[values_key][dt.value] = values
                 sample[masks_key][dt.value] = feature.robot_masks[ep.robot]
+        if self.relative_actions:
+            sample[keys.OUTPUTS] = to_delta(sample[keys.OUTPUTS], sample[keys.INPUTS], self.relative_actions)
         sample[keys.IS_PAD] = out_range >= length
         if DataType.LANGUAGE in self.inputs:
             sample[keys.LANGUAGE] = ep.language or self.default_language

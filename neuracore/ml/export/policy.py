@@ -14,6 +14,7 @@ from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.core.model import NeuracoreModel
+from neuracore.ml.core.relative_actions import to_absolute
 from neuracore.ml.export.model_folder import load_model_folder
 from neuracore.ml.export.temporal_ensemble import TemporalEnsembler
 
@@ -24,8 +25,9 @@ class Policy:
     `predict(observation)` takes one time step: for each input DataType either an array in the
     model's item order or a mapping item name → value; images as `[H, W, C]` uint8 per camera;
     an optional `"LANGUAGE"` string. It returns `{DataType value: [horizon, D] numpy array}`
-    in the units of the training data. Observation history is kept between calls; `reset()` it
-    at the start of an episode.
+    in the units of the training data, always absolute (a model trained with `relative_actions`
+    predicts deltas, turned back into targets here by adding the observed state). Observation
+    history is kept between calls; `reset()` it at the start of an episode.
 
     `select_action(observation)` is the per-step form for control loops: it executes the first
     `n_action_steps` (default: the whole horizon) actions of each predicted chunk, or, with
@@ -184,5 +186,7 @@ class Policy:
             batch[keys.INPUT_MASKS][dt.value] = torch.ones(1, width, device=self.device)
         if DataType.LANGUAGE in self.description.inputs:
             batch[keys.LANGUAGE] = [str(observation.get("LANGUAGE") or self.description.default_language or "")]
-        out = self.model.predict(batch)
-        return {k: v[0].float().cpu().numpy() for k, v in out.items()}
+        out = {k: v.float() for k, v in self.model.predict(batch).items()}
+        # A model trained with relative_actions predicts deltas: absolute targets from here on, for every caller.
+        out = to_absolute(out, batch[keys.INPUTS], self.description.relative_actions)
+        return {k: v[0].cpu().numpy() for k, v in out.items()}

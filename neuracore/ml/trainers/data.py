@@ -13,9 +13,11 @@ import torch
 from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.errors import ConfigError
-from neuracore.ml.core.model_init import ModelInitDescription
+from neuracore.ml.core.model_init import FeatureSpec, ModelInitDescription
+from neuracore.ml.core.relative_actions import RelativePair, merge_statistics, resolve_relative_actions
 from neuracore.ml.datasets.data_spec import ResolvedFeature, resolve_model_data_spec
 from neuracore.ml.datasets.format import MaterializedDataset
+from neuracore.ml.datasets.statistics import relative_statistics
 from neuracore.ml.datasets.windows import WindowDataset, split_episodes
 
 logger = logging.getLogger(__name__)
@@ -71,16 +73,45 @@ def build_data(config: TrainConfig, dataset: MaterializedDataset) -> DataBundle:
     train_eps, val_eps = split_episodes(len(dataset.spec.episodes), config.validation_split, config.seed)
     horizon = config.output_prediction_horizon
     language = config.dataset.default_language
-    train = WindowDataset(dataset, inputs, outputs, train_eps, history, horizon, language)
-    validation = WindowDataset(dataset, inputs, outputs, val_eps, history, horizon, language) if val_eps else None
+    relative = run_relative_actions(config, inputs, outputs)
+    train = WindowDataset(dataset, inputs, outputs, train_eps, history, horizon, language, relative_actions=relative)
+    validation = WindowDataset(dataset, inputs, outputs, val_eps, history, horizon, language,
+                               relative_actions=relative) if val_eps else None
     model_init = ModelInitDescription(
         inputs={dt: f.feature_spec(dataset.spec) for dt, f in inputs.items()},
-        outputs={dt: f.feature_spec(dataset.spec) for dt, f in outputs.items()},
+        outputs=_output_specs(dataset, inputs, outputs, relative, train_eps, horizon),
         output_prediction_horizon=horizon,
         frequency=dataset.spec.frequency,
         default_language=language,
+        relative_actions=relative,
     )
     return DataBundle(train, validation, inputs, outputs, model_init, train_eps, val_eps)
+
+
+def run_relative_actions(
+    config: TrainConfig, inputs: dict[DataType, ResolvedFeature], outputs: dict[DataType, ResolvedFeature]
+) -> list[RelativePair]:
+    """The run's relative (delta) output items from `relative_actions.*` ([] when disabled); one-line errors."""
+    options = config.relative_actions
+    return resolve_relative_actions(
+        options.enabled, options.pairs, options.absolute_items,
+        {dt: f.items for dt, f in outputs.items()}, {dt: f.items for dt, f in inputs.items()},
+    )
+
+
+def _output_specs(
+    dataset: MaterializedDataset, inputs: dict[DataType, ResolvedFeature], outputs: dict[DataType, ResolvedFeature],
+    relative: list[RelativePair], train_episodes: list[int], horizon: int,
+) -> dict[DataType, FeatureSpec]:
+    """Output feature specs; relative items carry the statistics of their deltas over the training windows."""
+    specs = {dt: f.feature_spec(dataset.spec) for dt, f in outputs.items()}
+    if relative:
+        deltas = relative_statistics(dataset, inputs, outputs, relative, train_episodes, horizon)
+        for pair in relative:
+            spec = specs[pair.output]
+            if pair.output in deltas:
+                spec.stats = merge_statistics(spec.stats, pair, deltas[pair.output])
+    return specs
 
 
 def device_decode_collate(data: DataBundle, device: torch.device) -> Callable[[list[Any]], Any] | None:
