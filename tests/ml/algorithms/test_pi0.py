@@ -158,6 +158,7 @@ def test_frozen_parts_are_bit_identical_and_have_no_optimizer_state(data, mode, 
     opt = _step(model, demo_batch(data))
     # The prefix's last-layer output never reaches the actions: always frozen (no unused grads).
     always = ("backbone.vlm_norm.", "backbone.layers.1.vlm.mlp.", "backbone.layers.1.vlm.self_attn.o_proj.",
+              "backbone.layers.1.vlm.self_attn.q_proj.",
               "backbone.layers.1.vlm.post_attention_layernorm.")
     stateful = {id(p) for p in opt.state}
     for name, p in model.named_parameters():

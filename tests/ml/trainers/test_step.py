@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from neuracore.ml.trainers.accelerator import reset_accelerate_state
 from neuracore.ml.trainers.ema import attach_ema
+from neuracore.ml.trainers.peft import setup_lora
 from neuracore.ml.trainers.step import CompiledStep, EagerStep, build_step, clip_by_global_norm
 from tests.ml.algorithms.test_registered_algorithms import ALGORITHMS, Setup
 
@@ -31,10 +32,12 @@ def _fresh_accelerate_state():
     reset_accelerate_state()
 
 
-def _run(setup: Setup, compiled: bool, accumulation: int = 1, max_grad_norm: float | None = 1.0):
+def _run(setup: Setup, compiled: bool, accumulation: int = 1, max_grad_norm: float | None = 1.0, lora=None):
     """STEPS optimizer steps from seed 0 → (losses per micro-batch, final parameters, step object)."""
     accelerator = Accelerator(cpu=True, gradient_accumulation_steps=accumulation)
     model = setup.model(seed=0)
+    if lora is not None:
+        setup_lora(lora, model)
     model, *optimizers = accelerator.prepare(model, *model.configure_optimizers())
     attach_ema(accelerator.unwrap_model(model), EMA_ON)  # every algorithm: the EMA update is part of the program
     if compiled:
@@ -80,6 +83,24 @@ def test_whole_step_is_one_graph_and_matches_the_eager_step(name: str, demo_home
     # the EMA (updated inside the compiled program) moved with the weights, not stuck at the start
     initial = dict(setup.model(seed=0).named_parameters())
     assert any(not torch.equal(compiled_params[f"ema.{n}"], initial[n]) for n in initial)
+
+
+def test_lora_step_is_one_graph_and_matches_the_eager_step(demo_home: Path):
+    """peft's LoRA layers trace into the whole-step program like any module (pi0.5, its default targets)."""
+    setup = Setup("pi05", demo_home)
+    lora = SimpleNamespace(rank=4, alpha=8.0, dropout=0.0, target_modules="auto", trainable="auto", export="merged")
+    eager_losses, eager_params, _ = _run(setup, compiled=False, lora=lora)
+    torch._dynamo.utils.counters.clear()
+    compiled_losses, compiled_params, step = _run(setup, compiled=True, lora=lora)
+    counters = torch._dynamo.utils.counters
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    for e, c in zip(eager_losses, compiled_losses, strict=True):
+        assert c["loss"] == pytest.approx(e["loss"], rel=1e-4, abs=1e-5)
+    adapters = [n for n in compiled_params if "lora_B" in n and not n.startswith("ema.")]
+    assert adapters and all(compiled_params[n].abs().max() > 0 for n in adapters)  # B moved off zero
+    lr = max(float(g["lr"]) for g in step.optimizers[0].param_groups)
+    assert max((eager_params[n] - compiled_params[n]).abs().max().item() for n in eager_params) <= STEPS * lr
 
 
 def test_gradient_accumulation_compiled_matches_eager(demo_home: Path):

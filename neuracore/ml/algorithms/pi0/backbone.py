@@ -172,8 +172,11 @@ class JointLayer(nn.Module):
         self.last = last
         if last:
             # The prefix stream's output after the last attention never reaches the actions, so
-            # these get no gradient: frozen so DDP/FSDP see no unused trainable parameters.
-            for module in (self.vlm.self_attn.o_proj, self.vlm.post_attention_layernorm, self.vlm.mlp):
+            # these get no gradient: frozen so DDP/FSDP see no unused trainable parameters. Its queries
+            # (q_proj) only make that output: their gradient is exactly zero, so they are frozen too
+            # (else AdamW's weight decay would shrink them for nothing, and LoRA would adapt them).
+            for module in (self.vlm.self_attn.q_proj, self.vlm.self_attn.o_proj, self.vlm.post_attention_layernorm,
+                           self.vlm.mlp):
                 module.requires_grad_(False)
 
     def forward(
