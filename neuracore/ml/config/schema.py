@@ -361,6 +361,9 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         check_name(config.dataset_name, "dataset_name")
     if config.training_name is not None:
         check_name(config.training_name, "training_name")
+    if config.push_to_storage is not None and config.lora.rank and config.lora.export == "adapter":
+        raise ConfigError("push_to_storage: lora.export=adapter names base files on this machine; push a merged "
+                          "export (lora.export=merged, the default)")
     if config.push_to_storage is not None:
         from neuracore.ml.storage.names import parse_repo
 

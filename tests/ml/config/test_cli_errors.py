@@ -64,6 +64,8 @@ PRE_START_CASES = [
     ("sweep_without_multirun", FAST + ["algorithm.lr=1e-4,1e-3"], ["--multirun"], []),
     ("resume_from_missing_folder", FAST + ["resume_checkpoint_path=/does/not/exist"],
      ["resume_checkpoint_path='/does/not/exist'", "not a checkpoint folder"], [r"checkpoint_<step>|auto"]),
+    ("lora_adapter_export_pushed", FAST + ["lora.rank=4", "lora.export=adapter", "push_to_storage=org/policy"],
+     ["push_to_storage", "lora.export=adapter", "lora.export=merged"], []),
     ("resume_auto_without_run", FAST + ["resume_checkpoint_path=auto"],
      ["resume_checkpoint_path=auto", "training_name"], []),
 ]

@@ -167,3 +167,19 @@ def test_every_linear_layer_by_default_and_none_inside_multihead_attention(demo_
     assert names and not any(n.endswith("out_proj") and ".attn." in f".{n}." for n in names)
     mha = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)}
     assert mha and not mha & set(names)
+
+
+@pytest.mark.parametrize("node, message", [
+    ({"rank": -1}, "lora.rank=-1: must be >= 0"),
+    ({"rank": 4, "alpha": 0}, "lora.alpha=0.0: must be > 0"),
+    ({"rank": 4, "dropout": 1.0}, "lora.dropout=1.0: must be in [0, 1)"),
+    ({"rank": 4, "target_modules": "q_proj"}, "lora.target_modules='q_proj': expected auto or a list"),
+    ({"rank": 4, "export": "zip"}, "lora.export='zip': valid: merged, adapter"),
+    ({"rnak": 4}, "lora.rnak: unknown key (did you mean rank?)"),
+])
+def test_lora_keys_have_ranges(node, message):
+    from neuracore.ml.config.schema import _lora_options
+
+    with pytest.raises(ConfigError) as err:
+        _lora_options(node)
+    assert message in str(err.value)
