@@ -7,7 +7,7 @@ in place (`peft.inject_adapter_in_model`: module names stay, a targeted `q_proj`
 
 - adapters of every targeted layer;
 - parameters of modules matching `lora.trainable` (e.g. pi0's action/state projections) that trained
-  before LoRA;
+  before LoRA (such a module gets no adapter, even when `lora.target_modules` matches it);
 - nothing else: the base weights are frozen, so the optimizer holds state for the trained
   parameters only, and the EMA (trainers/ema.py) shadows only those.
 
@@ -110,9 +110,10 @@ def resolve_lora(options: Any, model: nn.Module) -> LoraSettings | None:
     targets = defaults["target_modules"] if options.target_modules == "auto" else list(options.target_modules)
     trainable = defaults["trainable"] if options.trainable == "auto" else list(options.trainable)
     compiled = _compile(targets, "lora.target_modules")
-    _compile(trainable, "lora.trainable")
+    full = _compile(trainable, "lora.trainable")
     candidates = candidate_layers(model)
-    names = tuple(n for n in candidates if _matches(n, compiled))
+    # a module trained fully gets no adapter (`trainable` wins over `target_modules`)
+    names = tuple(n for n in candidates if _matches(n, compiled) and not any(_matches(p, full) for p in _enclosing(n)))
     name = getattr(model, "algorithm_name", type(model).__name__)
     if not names:
         sample = ", ".join(candidates[:4]) or "none"
@@ -154,7 +155,12 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> None:
 
 def _parents(name: str) -> list[str]:
     """Module names enclosing a parameter, innermost first (`a.b.weight` -> [`a.b`, `a`])."""
-    parts = name.split(".")[:-1]
+    return _enclosing(name.rsplit(".", 1)[0]) if "." in name else []
+
+
+def _enclosing(module: str) -> list[str]:
+    """A module's name and those of the modules around it, innermost first (`a.b` -> [`a.b`, `a`])."""
+    parts = module.split(".")
     return [".".join(parts[:i]) for i in range(len(parts), 0, -1)]
 
 

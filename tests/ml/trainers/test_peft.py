@@ -167,6 +167,13 @@ def test_every_linear_layer_by_default_and_none_inside_multihead_attention(demo_
     assert names and not any(n.endswith("out_proj") and ".attn." in f".{n}." for n in names)
     mha = {f"{n}.out_proj" for n, m in model.named_modules() if isinstance(m, torch.nn.MultiheadAttention)}
     assert mha and not mha & set(names)
+    assert "action_head" in names
+    # a module trained fully gets no adapter, and trains
+    settings = resolve_lora(options(trainable=["action_head"]), model)
+    assert "action_head" not in settings.target_modules
+    apply_lora(model, settings)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and not is_adapter(n)}
+    assert trained == {"action_head.weight", "action_head.bias"}
 
 
 @pytest.mark.parametrize("node, message", [
