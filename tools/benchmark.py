@@ -1,8 +1,9 @@
-"""Benchmarks: `python tools/benchmark.py <data|train|autotune> ...` (each prints samples/s).
+"""Benchmarks: `python tools/benchmark.py <data|train|autotune|speed|memory> ...`.
 
     python tools/benchmark.py data demo
     python tools/benchmark.py train algorithm=cnnmlp
     python tools/benchmark.py autotune algorithm=cnnmlp
+    python tools/benchmark.py memory algorithm=pi05 --gpu-gb 24,40,80,141 --batch-size 32 --cameras 3
 """
 
 from __future__ import annotations

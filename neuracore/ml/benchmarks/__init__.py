@@ -9,4 +9,5 @@ BENCHMARKS = {
     "train": "neuracore.ml.benchmarks.training",
     "autotune": "neuracore.ml.benchmarks.autotune",
     "speed": "neuracore.ml.benchmarks.run_speed",
+    "memory": "neuracore.ml.benchmarks.memory_plan",
 }
