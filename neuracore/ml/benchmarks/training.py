@@ -80,13 +80,16 @@ def _parse_overrides(items: list[str], args: argparse.Namespace | None = None) -
             name = str(parsed)
         elif key.startswith("algorithm."):
             hyper[key.split(".", 1)[1]] = parsed
+        elif key.startswith("lora.") and args is not None:  # LoRA adapters, as `lora.*` in training
+            args.lora = {**getattr(args, "lora", {}), key.split(".", 1)[1]: parsed}
         elif key in _SHAPE_KEYS and args is not None:
             if not isinstance(parsed, int) or parsed < 0:
                 raise ConfigError(f"{key}={value!r}: expected a non-negative integer")
             setattr(args, key, parsed)
         else:
             raise ConfigError(
-                f"{key}: unknown benchmark key; valid: algorithm, algorithm.<hyper-parameter>, {', '.join(_SHAPE_KEYS)}"
+                f"{key}: unknown benchmark key; valid: algorithm, algorithm.<hyper-parameter>, lora.<key>, "
+                f"{', '.join(_SHAPE_KEYS)}"
             )
     if name is None:
         raise ConfigError("algorithm: missing; e.g. `tools/benchmark.py train algorithm=act`")
@@ -181,6 +184,8 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
         apply_gpu_defaults()
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="bf16" if dtype is not None else "no")
     model = build_model(cls, mid, params)
+    if getattr(args, "lora", None):
+        _with_lora(model, args.lora)
     model, *optimizers = accelerator.prepare(model, *model.configure_optimizers())
     if mode == "eager":
         step = EagerStep(accelerator, model, optimizers, 1.0)
@@ -201,12 +206,23 @@ def measure(name: str, hyper: dict[str, Any], args: argparse.Namespace, device: 
     median = statistics.median(timed)
     core = accelerator.unwrap_model(model)
     reset_accelerate_state()
-    return {"params_m": sum(p.numel() for p in core.parameters()) / 1e6, "step_ms": median * 1e3,
+    return {"params_m": sum(p.numel() for p in core.parameters()) / 1e6,
+            "trainable_m": sum(p.numel() for p in core.parameters() if p.requires_grad) / 1e6, "step_ms": median * 1e3,
             "samples_per_s": args.batch_size / median, "peak_gib": peak,
             # what the first steps cost beyond steady-state steps: compile + CUDA-graph capture
             "warmup_overhead_s": max(sum(times[: args.warmup]) - args.warmup * median, 0.0),
             # time waiting for the next batch, as a fraction of the whole step (real loader only)
             "data_wait": sum(waits[args.warmup:]) / max(sum(timed), 1e-9) if loader is not None else None}
+
+
+def _with_lora(model: torch.nn.Module, keys: dict[str, Any]) -> None:
+    """Inject LoRA adapters as training's `lora` group would (the same validation and defaults)."""
+    from neuracore.ml.config.schema import _lora_options
+    from neuracore.ml.trainers.peft import apply_lora, resolve_lora
+
+    settings = resolve_lora(_lora_options(keys), model)
+    if settings is not None:
+        apply_lora(model, settings)
 
 
 def _repeat(batch: dict[str, Any]):
@@ -324,7 +340,9 @@ def run(args: argparse.Namespace) -> int:
             result = measure(name, hyper, args, device, dtype, mode)
             eager = eager or result
             line = (f"{shown} {label} {mode}: {result['samples_per_s']:.5g} samples/s ({result['step_ms']:.5g} ms/step), "
-                    f"{result['params_m']:.1f}M params, "
+                    f"{result['params_m']:.1f}M params"
+                    + (f" ({result['trainable_m']:.3g}M trained)" if getattr(args, "lora", None) else "")
+                    + ", "
                     f"{'peak GPU memory' if device.type == 'cuda' else 'peak RSS'} {result['peak_gib']:.2f} GiB")
             if result["data_wait"] is not None:
                 line += f", data wait {100 * result['data_wait']:.1f} %"

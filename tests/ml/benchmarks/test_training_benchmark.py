@@ -58,6 +58,16 @@ def test_a_configuration_such_as_pi0_tiny_uses_its_yaml(capsys: pytest.CaptureFi
         training.config_variant("pi0_huge")
 
 
+def test_lora_keys_train_adapters_as_training_would(capsys: pytest.CaptureFixture[str]):
+    args = parse(["algorithm=pi05_tiny", "batch_size=2", "image_size=32", "steps=1", "warmup=1", "lora.rank=4",
+                  "--no-baseline", "--precision", "fp32", "--device", "cpu"])
+    assert training.run(args) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert re.match(r"^pi05_tiny fp32 eager: [\d.]+ samples/s .*M params \(0\.0\d+M trained\), peak RSS", line), line
+    with pytest.raises(ConfigError, match=r"lora.rank=-2: must be >= 0"):
+        training.run(parse(["algorithm=pi05_tiny", "lora.rank=-2", "--device", "cpu"]))
+
+
 @pytest.mark.parametrize("argv, message", [
     (["batch_size=2"], "algorithm: missing"),
     (["algorithm=act", "lr=1"], "lr: unknown benchmark key"),
