@@ -209,16 +209,17 @@ def adapter_params(model: nn.Module, rank: int) -> int:
 def state_bytes(model: nn.Module, mode: Mode) -> dict[str, int]:
     """Parameter counts and the bytes of weights, gradients and AdamW's two moments (in each parameter's dtype).
 
-    LoRA adapters are float32 (peft's `autocast_adapter_dtype` default), so 4 bytes each for weight,
+    LoRA adapters take their base layer's dtype (`inject_adapter_in_model`): `w` bytes each for weight,
     gradient and each moment.
     """
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     adapters = adapter_params(model, mode.rank) if mode.kind == "lora" else 0
-    grads = sum(p.numel() * p.element_size() for p in trainable) + 4 * adapters
+    w = model.action_in_proj.weight.element_size()
+    grads = sum(p.numel() * p.element_size() for p in trainable) + w * adapters
     return {"params": sum(p.numel() for p in params) + adapters,
             "trainable": sum(p.numel() for p in trainable) + adapters,
-            "weights": sum(p.numel() * p.element_size() for p in params) + 4 * adapters,
+            "weights": sum(p.numel() * p.element_size() for p in params) + w * adapters,
             "gradients": grads, "optimizer": 2 * grads}
 
 
@@ -261,17 +262,18 @@ def _linears(s: _Saved, part: str, lins: list[_Lin], n: float, width: int, x_byt
     each linear casts a float32 input itself, so inputs are shared only when already in the compute dtype.
     """
     shared = x_bytes == s.c
-    # Under autocast peft casts an adapter's input to its float32 and autocast back: a private copy each.
-    # Without autocast (and float32 weights) the adapter reads the same tensor as the other layers.
-    private_lora = s.cast_weights or s.c != 4
+    # Adapters have their base layer's dtype (peft's `inject_adapter_in_model`, as trainers/peft.py uses it);
+    # peft casts the input to it, then autocast over float32 weights casts it to bf16: a private copy each.
+    # Otherwise the adapter reads the same tensor as the layers beside it.
+    private_lora = s.cast_weights
     saving = [lin for lin in lins if lin.trains or (lin.lora and not private_lora)]
     if saving:
         s.add(part, n * width * (1 if shared else len(saving)), s.c)
     for lin in lins:
         if lin.lora:
             if private_lora:
-                s.add(part, n * width, s.c if s.cast_weights else 4)
-            s.add(part, n * rank, s.c if s.cast_weights else 4)  # A's output, saved by B
+                s.add(part, n * width, s.c)
+            s.add(part, n * rank, s.c)  # A's output, saved by B
             if s.cast_weights:
                 s.add(part, rank * width * 2, 2)  # adapter weights' bf16 copies (tiny)
         if grad_in and s.cast_weights:

@@ -20,8 +20,10 @@ TOLERANCE = 0.25
 
 @pytest.fixture(scope="module")
 def targets() -> dict[tuple[str, str], mp.Target]:
-    return {(name, p): mp.resolve([f"algorithm={name}", f"mixed_precision={p}"])[0]
-            for name in ("pi0_tiny", "pi05_tiny") for p in ("no", "bf16")}
+    found = {(name, p): mp.resolve([f"algorithm={name}", f"mixed_precision={p}"])[0]
+             for name in ("pi0_tiny", "pi05_tiny") for p in ("no", "bf16")}
+    found[("pi05_tiny", "bf16-weights")] = mp.resolve(["algorithm=pi05_tiny", "algorithm.weights_dtype=bfloat16"])[0]
+    return found
 
 
 CASES = [
@@ -37,6 +39,7 @@ CASES = [
     ("pi05_tiny", "no", mp.Mode("lora", 8), 2, 1),
     ("pi05_tiny", "no", mp.Mode("full", checkpointing=True), 2, 1),
     ("pi05_tiny", "bf16", mp.Mode("lora", 4, checkpointing=True), 2, 1),
+    ("pi05_tiny", "bf16-weights", mp.Mode("lora", 4), 3, 2),
 ]
 
 
