@@ -55,14 +55,16 @@ def cmd_pull(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.to:
         dest = Path(args.to).expanduser()
+        if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+            raise ConfigError(f"--to {dest}: exists and is not a folder; choose a new folder")
         if dest.exists() and any(dest.iterdir()):
             raise ConfigError(f"--to {dest}: folder exists and is not empty; choose a new folder")
+        rev = hub.revision(args.spec)  # resolved and checked before the empty target is touched
         if dest.exists():
             dest.rmdir()
-        rev = hub.download(args.spec, dest)
+        rev = hub.download(args.spec, dest, rev)
     else:
-        dest = hub.pull(args.spec)
-        rev = hub.revision(f"{parse_repo(args.spec).repo}@{dest.name}")
+        dest, rev = hub.fetch(args.spec)
     print(f"pulled {parse_repo(args.spec).repo}@{rev.id[:12]} -> {dest}: {len(rev.files)} files, "
           f"{_rate(rev.size, time.perf_counter() - start)}, sha256 verified")
     return 0
@@ -127,12 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; errors are one line on stderr and exit status 1."""
+    """Entry point; expected failures are one line on stderr and exit status 1 (bugs keep their traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except NeuracoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # local file system: permission, disk full, a file where a folder is expected
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        print(f"error: {where + ': ' if where else ''}{exc.strerror or ' '.join(str(exc).split())}", file=sys.stderr)
         return 1
 
 

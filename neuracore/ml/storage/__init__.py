@@ -9,6 +9,7 @@ from neuracore.ml.storage.backend import default_storage_url, open_store
 from neuracore.ml.storage.datasets import pull_dataset, push_dataset
 from neuracore.ml.storage.errors import (
     IntegrityError,
+    SourceChangedError,
     StorageConflictError,
     StorageError,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "LogEntry",
     "PushResult",
     "Revision",
+    "SourceChangedError",
     "StorageConflictError",
     "StorageError",
     "default_storage_url",

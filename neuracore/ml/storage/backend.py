@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from neuracore.ml.core.errors import ConfigError, one_line
-from neuracore.ml.storage.errors import StorageError
+from neuracore.ml.storage.errors import SourceChangedError, StorageError
+from neuracore.ml.utils.hashing import copy_hashing, sha256_stream
 from neuracore.ml.utils.paths import neuracore_home
 
 STORAGE_ENV = "NEURACORE_STORAGE_URL"
@@ -28,6 +29,27 @@ ENDPOINT_ENVS = ("NEURACORE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOI
 def default_storage_url() -> str:
     """`$NEURACORE_STORAGE_URL`, else `file://$NEURACORE_HOME/storage`."""
     return os.environ.get(STORAGE_ENV) or f"file://{neuracore_home() / 'storage'}"
+
+
+def _changed(local: Path, expected: str, got: str) -> SourceChangedError:
+    return SourceChangedError(
+        f"{local}: changed while it was being pushed (sha256 {expected[:12]} when hashed, {got[:12]} when "
+        "uploaded); it was not stored and nothing was published; push again once it stops changing"
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename/link inside `path` durable (best effort: some file systems refuse directory fsync)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def redact(url: str) -> str:
@@ -80,8 +102,17 @@ class Store:
         """Write `data` at `path` only if nothing is there; False when something already was."""
         raise NotImplementedError
 
-    def upload(self, local: Path, path: str) -> None:
-        """Copy a local file to `path`; the object appears whole or not at all."""
+    def upload_verified(self, local: Path, path: str, sha256: str) -> None:
+        """Stream a local file to `path`, hashing exactly the bytes sent; the object appears whole or not at all.
+
+        When the streamed bytes do not hash to `sha256` (the file changed since it was hashed) nothing is
+        stored at `path` and SourceChangedError is raised. An object already at `path` is replaced, so a
+        damaged blob is repaired by the next push of its content.
+        """
+        raise NotImplementedError
+
+    def sha256(self, path: str) -> str | None:
+        """Hex sha256 of a stored object's bytes (read back in full), or None when it is absent."""
         raise NotImplementedError
 
     def download(self, path: str, local: Path) -> None:
@@ -131,6 +162,7 @@ class LocalStore(Store):
                 os.fsync(f.fileno())
             self._p(path).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, self._p(path))
+            _fsync_dir(self._p(path).parent)
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -146,18 +178,32 @@ class LocalStore(Store):
                 os.link(tmp, self._p(path))  # atomic, fails if the name exists, content already complete
             except FileExistsError:
                 return False
+            _fsync_dir(self._p(path).parent)
             return True
         finally:
             tmp.unlink(missing_ok=True)
 
-    def upload(self, local: Path, path: str) -> None:
+    def upload_verified(self, local: Path, path: str, sha256: str) -> None:
         tmp = self._tmp()
         try:
-            shutil.copyfile(local, tmp)
+            with open(local, "rb") as src, open(tmp, "wb") as dst:
+                got, _ = copy_hashing(src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())  # on disk before it gets the blob's name
+            if got != sha256:
+                raise _changed(local, sha256, got)
             self._p(path).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, self._p(path))
+            _fsync_dir(self._p(path).parent)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def sha256(self, path: str) -> str | None:
+        p = self._p(path)
+        if not p.is_file():
+            return None
+        with open(p, "rb") as f:
+            return sha256_stream(f)[0]
 
     def download(self, path: str, local: Path) -> None:
         shutil.copyfile(self._p(path), local)
@@ -207,8 +253,28 @@ class FsspecStore(Store):
             return False
         return True
 
-    def upload(self, local: Path, path: str) -> None:
-        self.fs.put_file(str(local), self._p(path))  # multipart completes atomically
+    def upload_verified(self, local: Path, path: str, sha256: str) -> None:
+        # Not autocommitted: the (multipart) upload becomes the object only at commit(), after the check.
+        dst = self.fs.open(self._p(path), "wb", autocommit=False)
+        committed = False
+        try:
+            with open(local, "rb") as src:
+                got, _ = copy_hashing(src, dst)
+            dst.close()  # sends the last part; nothing visible yet
+            if got != sha256:
+                raise _changed(local, sha256, got)
+            dst.commit()
+            committed = True
+        finally:
+            if not committed:
+                dst.discard()  # aborts the multipart upload
+
+    def sha256(self, path: str) -> str | None:
+        try:
+            with self.fs.open(self._p(path), "rb", cache_type="none") as f:
+                return sha256_stream(f)[0]
+        except FileNotFoundError:
+            return None
 
     def download(self, path: str, local: Path) -> None:
         self.fs.get_file(self._p(path), str(local))

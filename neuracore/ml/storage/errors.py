@@ -15,3 +15,7 @@ class StorageConflictError(StorageError):
 
 class IntegrityError(StorageError):
     """Downloaded bytes do not match the sha256 recorded in the manifest."""
+
+
+class SourceChangedError(StorageError):
+    """A local file changed between hashing and upload; its bytes were not stored under the old hash."""

@@ -21,15 +21,15 @@ import logging
 import os
 import re
 import shutil
-import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.errors import ConfigError, one_line
 from neuracore.ml.storage.backend import (
     LocalStore,
     Store,
@@ -47,17 +47,18 @@ from neuracore.ml.storage.names import (
     RepoRef,
     check_file_path,
     check_segment,
+    is_full_revision,
     is_revision_hash,
+    looks_like_repo,
     parse_repo,
 )
-from neuracore.ml.utils.hashing import sha256_file
+from neuracore.ml.utils.hashing import sha256_file, sha256_stream
 from neuracore.ml.utils.paths import neuracore_home
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "neuracore-hub/1"
-# Fault injection for tests: SIGKILL this process after uploading this many blobs.
-KILL_AFTER_BLOBS_ENV = "NEURACORE_STORAGE_TEST_KILL_AFTER_BLOBS"
+REVISION_MARKER = ".neuracore-revision.json"  # written into every downloaded folder
 _SEQ = re.compile(r"^(\d{12})\.json$")
 
 
@@ -114,6 +115,36 @@ class PushResult:
     seconds: float
 
 
+@dataclass
+class PreparedPush:
+    """A folder hashed and validated (and its blobs stored) for one branch; invisible until published."""
+
+    ref: RepoRef
+    branch: str
+    tag: str | None
+    kind: str
+    message: str
+    metadata: dict[str, Any]
+    files: dict[str, Path]
+    entries: dict[str, dict[str, Any]]
+    bytes_uploaded: int = 0
+    start: float = 0.0
+
+
+def _hash_entry(path: Path) -> dict[str, Any]:
+    """{"sha256", "size"} of the bytes read in one pass (size from the same read, not a separate stat)."""
+    try:
+        with open(path, "rb") as f:
+            sha, size = sha256_stream(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or one_line(exc)})") from None
+    return {"sha256": sha, "size": size}
+
+
+def _walk_error(exc: OSError) -> None:
+    raise ConfigError(f"{exc.filename}: cannot list ({exc.strerror or one_line(exc)}); nothing was pushed")
+
+
 def scan_folder(folder: Path) -> dict[str, Path]:
     """Regular files under `folder` by relative POSIX path; symlinks and special files are refused."""
     folder = Path(folder).expanduser()
@@ -121,7 +152,7 @@ def scan_folder(folder: Path) -> dict[str, Path]:
         raise ConfigError(f"{folder}: not a folder")
     root = folder.resolve()
     out: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):  # never skip an unreadable folder
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for d in dirnames:
             if os.path.islink(os.path.join(dirpath, d)):
@@ -144,7 +175,10 @@ class Hub:
 
     def __init__(self, storage_url: str | None = None, store: Store | None = None) -> None:
         self.store = store or open_store(storage_url)
-        self._before_ref_update: Callable[[], None] | None = None  # test hook: run a rival push here
+        # Test hooks (never read from the environment): run a rival push before the ref update; kill or
+        # fail the process after the n-th blob upload.
+        self._before_ref_update: Callable[[], None] | None = None
+        self._after_blob: Callable[[int], None] | None = None
 
     # ----- paths -----
     @staticmethod
@@ -177,12 +211,35 @@ class Hub:
         return value
 
     # ----- refs -----
+    def _read_ref(self, path: str, what: str) -> dict[str, Any]:
+        """A branch entry or tag, its `revision` checked to be a full revision id.
+
+        The single gate for every revision read from a ref: the id later names a manifest and a cache
+        folder, so anything but 64 hex digits (`../x`, a prefix, a number) is refused, naming file and key.
+        """
+        value = self._read_json(path, what)
+        rev = value.get("revision")
+        if not is_full_revision(rev):
+            raise StorageError(
+                f"{self.store.describe(path)}: corrupt {what}: key 'revision' is {rev!r}, not a full "
+                "64-hex-digit revision id"
+            )
+        parent = value.get("parent")
+        if parent is not None and not is_full_revision(parent):
+            raise StorageError(
+                f"{self.store.describe(path)}: corrupt {what}: key 'parent' is {parent!r}, not a revision id"
+            )
+        return value
+
     def _branch_seqs(self, ref: RepoRef, branch: str) -> list[int]:
         names = self._call("listing a branch", self.store.list_names, self._branch_dir(ref, branch))
         return sorted(int(m.group(1)) for n in names if (m := _SEQ.match(n)))
 
     def _branch_entry(self, ref: RepoRef, branch: str, seq: int) -> dict[str, Any]:
-        return self._read_json(f"{self._branch_dir(ref, branch)}/{seq:012d}.json", "branch entry")
+        return self._read_ref(f"{self._branch_dir(ref, branch)}/{seq:012d}.json", "branch entry")
+
+    def _tag_revision(self, ref: RepoRef, tag: str) -> str:
+        return str(self._read_ref(self._tag_path(ref, tag), "tag")["revision"])
 
     def head(self, repo: str | RepoRef, branch: str = DEFAULT_BRANCH) -> tuple[int, str | None]:
         """(sequence number, revision id) of a branch head; (0, None) for a new branch."""
@@ -204,7 +261,7 @@ class Hub:
         out = {}
         for n in names:
             if n.endswith(".json"):
-                out[n[:-5]] = str(self._read_json(self._tag_path(ref, n[:-5]), "tag")["revision"])
+                out[n[:-5]] = self._tag_revision(ref, n[:-5])
         return out
 
     def resolve(self, spec: str | RepoRef) -> str:
@@ -216,10 +273,11 @@ class Hub:
             if rev:
                 return rev
         if self._call("reading a tag", self.store.exists, self._tag_path(ref, name)):
-            return str(self._read_json(self._tag_path(ref, name), "tag")["revision"])
+            return self._tag_revision(ref, name)
         if is_revision_hash(name):
             revs = [n[:-5] for n in self._call("listing revisions", self.store.list_names,
-                                                f"{self._repo_dir(ref)}/revisions") if n.endswith(".json")]
+                                                f"{self._repo_dir(ref)}/revisions")
+                    if n.endswith(".json") and is_full_revision(n[:-5])]
             matches = [r for r in revs if r.startswith(name)]
             if len(matches) == 1:
                 return matches[0]
@@ -245,6 +303,9 @@ class Hub:
             files = manifest["files"]
             if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
                 raise TypeError(f"not a {MANIFEST_FORMAT} manifest")
+            for key, kind in (("metadata", dict), ("kind", str), ("message", str)):
+                if not isinstance(manifest.get(key, kind()), kind):
+                    raise TypeError(f"key {key!r} is not a {kind.__name__}")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise StorageError(f"{self.store.describe(path)}: unreadable manifest ({exc})") from None
         for rel, entry in files.items():
@@ -272,6 +333,24 @@ class Hub:
 
         `validate(entries)` may refuse the folder (raise) after hashing and before anything is uploaded.
         """
+        prepared = self.prepare_push(folder, repo, message=message, kind=kind, metadata=metadata, branch=branch,
+                                     tag=tag, validate=validate)
+        return self.publish_tag(self.publish_branch(prepared, retries=retries), prepared)
+
+    def prepare_push(
+        self,
+        folder: str | Path,
+        repo: str,
+        *,
+        message: str = "",
+        kind: str = "files",
+        metadata: dict[str, Any] | None = None,
+        branch: str = DEFAULT_BRANCH,
+        tag: str | None = None,
+        validate: Callable[[dict[str, dict[str, Any]]], None] | None = None,
+        upload: bool = True,
+    ) -> PreparedPush:
+        """Hash and validate `folder` and (with `upload`) store every blob; nothing becomes visible yet."""
         ref = parse_repo(repo, allow_revision=False)
         check_segment(branch, "branch")
         if tag is not None:
@@ -284,21 +363,60 @@ class Hub:
                 )
         start = time.perf_counter()
         files = scan_folder(Path(folder))
-        entries = {rel: {"sha256": sha256_file(p), "size": p.stat().st_size} for rel, p in files.items()}
+        entries = {rel: _hash_entry(p) for rel, p in files.items()}
         if validate is not None:
             validate(entries)
-        uploaded = self._upload_blobs(ref, files, entries)
+        prepared = PreparedPush(ref, branch, tag, kind, message, metadata or {}, files, entries, start=start)
+        if upload:
+            self.upload_blobs(prepared)
+        return prepared
+
+    def upload_blobs(self, prepared: PreparedPush) -> int:
+        """Store every blob of a prepared push that the repository lacks (or holds damaged); bytes uploaded.
+
+        Existence is decided by the stored bytes' sha256, not their size, so a blob damaged by an earlier
+        fault is replaced; each upload hashes what it streams and is read back and checked.
+        """
+        ref = prepared.ref
+        done: set[str] = set()
+        for rel, path in prepared.files.items():
+            sha, size = prepared.entries[rel]["sha256"], int(prepared.entries[rel]["size"])
+            if sha in done:
+                continue
+            done.add(sha)
+            blob = self._blob(ref, sha)
+            stored = self._call(f"checking the stored blob of {rel}", self.store.sha256, blob)
+            if stored == sha:
+                continue  # content-addressed and checked: already there from an earlier push
+            if stored is not None:
+                log.warning("%s: damaged (sha256 %s); replacing it with %s from %s",
+                            self.store.describe(blob), stored[:12], sha[:12], rel)
+            self._call(f"uploading {rel}", self.store.upload_verified, path, blob, sha)
+            stored = self._call(f"verifying the upload of {rel}", self.store.sha256, blob)
+            if stored != sha:
+                raise IntegrityError(
+                    f"{self.store.describe(blob)}: {rel} reads back as sha256 {str(stored)[:12]} after upload, "
+                    f"expected {sha[:12]}; nothing was published; push again"
+                )
+            prepared.bytes_uploaded += size
+            if self._after_blob is not None:
+                self._after_blob(len(done))
+        return prepared.bytes_uploaded
+
+    def publish_branch(self, prepared: PreparedPush, retries: int = 0) -> PushResult:
+        """Write the manifest and move the branch (exclusive create); the tag is left to `publish_tag`."""
+        ref, branch = prepared.ref, prepared.branch
         for attempt in range(retries + 1):
             seq, parent = self.head(ref, branch)
             manifest = {
                 "format": MANIFEST_FORMAT,
                 "repo": ref.repo,
-                "kind": kind,
+                "kind": prepared.kind,
                 "parent": parent,
                 "time": _now(),
-                "message": message,
-                "metadata": metadata or {},
-                "files": entries,
+                "message": prepared.message,
+                "metadata": prepared.metadata,
+                "files": prepared.entries,
             }
             data = _canonical(manifest)
             rev = hashlib.sha256(data).hexdigest()
@@ -306,7 +424,7 @@ class Hub:
             if self._before_ref_update is not None:
                 self._before_ref_update()
             entry = _canonical({"revision": rev, "parent": parent, "time": manifest["time"],
-                                "message": message, "kind": kind})
+                                "message": prepared.message, "kind": prepared.kind})
             path = f"{self._branch_dir(ref, branch)}/{seq + 1:012d}.json"
             if self._call("updating the branch", self.store.create_exclusive, path, entry):
                 break
@@ -317,43 +435,41 @@ class Hub:
                     "this push changed nothing visible; push again to put it on top"
                 )
             log.info("%s: branch %s moved to %s; retrying on top of it", ref.repo, branch, winner[:12])
-        if tag is not None and not self._call("creating the tag", self.store.create_exclusive,
-                                              self._tag_path(ref, tag), _canonical({"revision": rev, "time": _now()})):
-            raise StorageConflictError(
-                f"{ref.repo}: revision {rev[:12]} is on {branch!r} but tag {tag!r} was created by another push meanwhile"
-            )
-        total = sum(int(e["size"]) for e in entries.values())
-        return PushResult(ref.repo, rev, branch, tag, len(entries), total, uploaded, time.perf_counter() - start)
+        total = sum(int(e["size"]) for e in prepared.entries.values())
+        return PushResult(ref.repo, rev, branch, None, len(prepared.entries), total, prepared.bytes_uploaded,
+                          time.perf_counter() - prepared.start)
 
-    def _upload_blobs(self, ref: RepoRef, files: dict[str, Path], entries: dict[str, dict[str, Any]]) -> int:
-        kill_after = int(os.environ.get(KILL_AFTER_BLOBS_ENV) or 0)
-        done: set[str] = set()
-        uploaded = 0
-        for rel, path in files.items():
-            sha, size = entries[rel]["sha256"], int(entries[rel]["size"])
-            if sha in done:
-                continue
-            done.add(sha)
-            blob = self._blob(ref, sha)
-            if self._call("checking a blob", self.store.size, blob) == size:
-                continue  # content-addressed: already there from an earlier push
-            self._call(f"uploading {rel}", self.store.upload, path, blob)
-            uploaded += size
-            if kill_after and len(done) >= kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
-        return uploaded
+    def publish_tag(self, result: PushResult, prepared: PreparedPush) -> PushResult:
+        """Create the prepared push's tag (if any) on the revision `publish_branch` put on its branch."""
+        tag = prepared.tag
+        if tag is not None:
+            if not self._call("creating the tag", self.store.create_exclusive, self._tag_path(prepared.ref, tag),
+                              _canonical({"revision": result.revision, "time": _now()})):
+                raise StorageConflictError(
+                    f"{prepared.ref.repo}: revision {result.revision[:12]} is on {prepared.branch!r} but tag "
+                    f"{tag!r} was created by another push meanwhile"
+                )
+            result.tag = tag
+        return result
 
     # ----- pull -----
-    def download(self, spec: str | RepoRef, dest: Path, revision: Revision | None = None) -> Revision:
+    def download(self, spec: str | RepoRef, dest: Path, revision: Revision | None = None, *,
+                 replace: bool = False) -> Revision:
         """Download a revision into `dest` (created atomically; must not exist), verifying every sha256.
 
-        `revision`: the already resolved revision of `spec`, to skip resolving it again.
+        `revision`: the already resolved revision of `spec`, to skip resolving it again. `replace`: swap out
+        whatever is at `dest` (a damaged cache entry) once the new copy is complete and verified. A local
+        file-system failure (permission, disk full, a file where a folder is expected) is a one-line
+        StorageError naming the path, and leaves no temp folder behind.
         """
         ref = parse_repo(spec) if isinstance(spec, str) else spec
         revision = revision if revision is not None else self.revision(ref)
         dest = Path(dest)
-        tmp = local_temp_dir(dest.parent, dest.name)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
+        try:
+            tmp = local_temp_dir(dest.parent, dest.name)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary shared folder
+        except OSError as exc:
+            raise _local_error(exc, dest) from None
         try:
             root = tmp.resolve()
             for rel, entry in sorted(revision.files.items()):
@@ -371,27 +487,46 @@ class Hub:
                         f"{ref.repo}@{revision.id[:12]}: {rel} is corrupt (sha256 {got[:12]}, manifest says "
                         f"{entry['sha256'][:12]}); the stored blob or the download was damaged"
                     )
-            (tmp / ".neuracore-revision.json").write_text(
+            (tmp / REVISION_MARKER).write_text(
                 json.dumps({"repo": ref.repo, "revision": revision.id, "storage": self.store.describe()}, indent=1))
+            aside = _move_aside(dest) if replace else None
             try:
                 os.replace(tmp, dest)
             except OSError:
                 if not dest.is_dir():
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same revision first
+            if aside is not None:
+                shutil.rmtree(aside, ignore_errors=True)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise _local_error(exc, dest) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return revision
 
-    def pull(self, spec: str | RepoRef, cache_dir: Path | None = None) -> Path:
-        """Local folder of a revision: from the cache, else downloaded (and verified) into it once."""
+    def fetch(self, spec: str | RepoRef, cache_dir: Path | None = None) -> tuple[Path, Revision]:
+        """(local folder, revision) of `spec` from the cache, else downloaded (and verified) into it.
+
+        Every cache hit is checked against the revision's manifest (exact file set, sizes, sha256, no
+        symlinks); a damaged copy is downloaded again and swapped in, with a warning naming the file.
+        """
         ref = parse_repo(spec) if isinstance(spec, str) else spec
-        rev = self.resolve(ref)
-        folder = (cache_dir or hub_cache_root()) / ref.org / ref.name / rev
-        if not folder.is_dir():
-            self.download(RepoRef(ref.org, ref.name, rev), folder)
-        return folder
+        revision = self.revision(ref)  # its id is a checked full hash, so the folder stays inside the cache
+        folder = (cache_dir or hub_cache_root()) / ref.org / ref.name / revision.id
+        damaged = None
+        if folder.exists() or folder.is_symlink():
+            damaged = folder_problem(folder, revision)
+            if damaged is None:
+                return folder, revision
+            log.warning("%s: cached copy is damaged (%s); downloading it again", folder, damaged)
+        self.download(RepoRef(ref.org, ref.name, revision.id), folder, revision, replace=damaged is not None)
+        return folder, revision
+
+    def pull(self, spec: str | RepoRef, cache_dir: Path | None = None) -> Path:
+        """Local folder of a revision: from the cache (re-verified), else downloaded (and verified) into it."""
+        return self.fetch(spec, cache_dir)[0]
 
     # ----- listing -----
     def list_repos(self, org: str | None = None) -> list[str]:
@@ -400,7 +535,8 @@ class Hub:
         out = []
         for o in orgs:
             for n in self._call("listing", self.store.list_names, f"repos/{o}"):
-                out.append(f"{o}/{n}")
+                if looks_like_repo(f"{o}/{n}"):  # a stray object with an unsafe name is not a repository
+                    out.append(f"{o}/{n}")
         if not out and not isinstance(self.store, LocalStore) and not self._call("listing", self.store.root_exists):
             raise StorageError(f"storage {self.store.describe()}: listing failed: bucket not found")
         return out
@@ -420,6 +556,63 @@ class Hub:
             out.append(LogEntry(seq, str(e["revision"]), e.get("parent"), str(e.get("time", "")),
                                 str(e.get("message", "")), str(e.get("kind", "")), sorted(by_rev.get(e["revision"], []))))
         return out
+
+
+def _local_error(exc: OSError, dest: Path) -> StorageError:
+    """A local file-system failure while writing `dest`, as one line naming the path."""
+    where = exc.filename or dest
+    return StorageError(f"{where}: {exc.strerror or one_line(exc)} (writing the local copy {dest}); "
+                        "nothing was left behind")
+
+
+def _move_aside(dest: Path) -> Path | None:
+    """Clear `dest` for a fresh copy: a file or symlink is removed, a folder renamed to a hidden name (returned)."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        dest.unlink()
+        return None
+    if not dest.exists():
+        return None
+    aside = dest.with_name(f".{dest.name}.damaged-{uuid.uuid4().hex[:8]}")
+    os.rename(dest, aside)
+    return aside
+
+
+def folder_problem(folder: Path, revision: Revision) -> str | None:
+    """Why `folder` is not an exact copy of `revision` (None when it is): files, sizes, sha256, no symlinks."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "not a plain folder"
+    expected = set(revision.files)
+    found: set[str] = set()
+    try:
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise):
+            for name in dirnames + filenames:
+                path = Path(dirpath) / name
+                rel = path.relative_to(folder).as_posix()
+                if path.is_symlink():
+                    return f"{rel!r} is a symbolic link"
+                if name in filenames:
+                    if not path.is_file():
+                        return f"{rel!r} is not a regular file"
+                    if rel not in expected and rel != REVISION_MARKER:
+                        return f"unexpected file {rel!r}"
+                    found.add(rel)
+        missing = sorted(expected - found)
+        if missing:
+            return f"{missing[0]!r} is missing"
+        for rel, entry in sorted(revision.files.items()):
+            path = folder / rel
+            if path.stat().st_size != int(entry["size"]):
+                return f"{rel!r} has {path.stat().st_size} bytes, manifest says {entry['size']}"
+            got = sha256_file(path)
+            if got != entry["sha256"]:
+                return f"{rel!r} has sha256 {got[:12]}, manifest says {entry['sha256'][:12]}"
+    except OSError as exc:
+        return f"{exc.filename}: {exc.strerror or one_line(exc)}"
+    return None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
 
 
 def hub_cache_root() -> Path:

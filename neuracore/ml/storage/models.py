@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from neuracore.ml.core.errors import CheckpointError, ConfigError, one_line
-from neuracore.ml.storage.hub import Hub, PushResult
+from neuracore.ml.storage.errors import StorageError
+from neuracore.ml.storage.hub import Hub, PreparedPush, PushResult
 from neuracore.ml.storage.names import parse_repo
 
 MODEL_KIND = "model"
@@ -54,6 +55,14 @@ def push_model(
     hub: Hub | None = None,
 ) -> PushResult:
     """Push an exported model folder as a new revision of `repo` on `branch` (optionally tagged)."""
+    hub = hub or Hub(storage_url)
+    prepared = _prepare_model(hub, folder, repo, message=message, tag=tag, branch=branch, upload=True)
+    return hub.publish_tag(hub.publish_branch(prepared), prepared)
+
+
+def _prepare_model(hub: Hub, folder: str | Path, repo: str, *, message: str, tag: str | None, branch: str,
+                   upload: bool) -> PreparedPush:
+    """Check, hash (and with `upload` store the blobs of) an exported model folder; nothing visible yet."""
     folder = Path(folder).expanduser()
     if not is_model_folder(folder):
         raise ConfigError(f"{folder}: not an exported model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
@@ -64,9 +73,8 @@ def push_model(
         if expected and entries[WEIGHTS_FILE]["sha256"] != expected:
             raise CheckpointError(f"{folder / WEIGHTS_FILE}: sha256 does not match config.json; refusing to push")
 
-    hub = hub or Hub(storage_url)
-    return hub.push_folder(folder, repo, message=message or f"{metadata['algorithm']} model", kind=MODEL_KIND,
-                           metadata=metadata, branch=branch, tag=tag, validate=check_weights)
+    return hub.prepare_push(folder, repo, message=message or f"{metadata['algorithm']} model", kind=MODEL_KIND,
+                            metadata=metadata, branch=branch, tag=tag, validate=check_weights, upload=upload)
 
 
 def push_run(
@@ -75,24 +83,50 @@ def push_run(
     storage_url: str | None = None,
     message: str = "",
     tag: str | None = None,
+    hub: Hub | None = None,
 ) -> dict[str, PushResult]:
     """Push a run's final model to branch `main` and its best model to branch `best`.
 
     With `tag`, the final model is also tagged `tag` and the best model `tag-best`. Returns the
     push result by folder name (`model`, `best_model`); a missing best_model is skipped.
+
+    Both folders are checked and hashed, then every blob of both is stored, and only then are the
+    branches moved (main, then best) and last the tags created. If a step of that last phase fails,
+    the StorageError says in one line which refs moved and which did not; no tag exists yet then,
+    so running the same push again puts both branches (and the tags) on the same run.
     """
     run_dir = Path(run_dir).expanduser()
     present = {name: branch for name, branch in RUN_FOLDERS.items() if is_model_folder(run_dir / name)}
     if "model" not in present:
         raise ConfigError(f"{run_dir}: not a run folder with an exported model/ (and optional best_model/)")
-    hub = Hub(storage_url)
-    results = {}
-    for name, branch in present.items():
-        results[name] = push_model(
-            run_dir / name, repo, message=message or f"{run_dir.name}: {name}", branch=branch,
-            tag=None if tag is None else (tag if name == "model" else f"{tag}-best"), hub=hub,
-        )
+    hub = hub or Hub(storage_url)
+    prepared = {
+        name: _prepare_model(hub, run_dir / name, repo, message=message or f"{run_dir.name}: {name}", branch=branch,
+                             tag=None if tag is None else (tag if name == "model" else f"{tag}-best"), upload=False)
+        for name, branch in present.items()
+    }
+    for p in prepared.values():
+        hub.upload_blobs(p)
+    results: dict[str, PushResult] = {}
+    for name, p in prepared.items():
+        try:
+            results[name] = hub.publish_branch(p)
+        except StorageError as exc:
+            if not results:
+                raise  # nothing moved: the error already says so
+            raise StorageError(f"{_moved(results)}, but branch {p.branch!r} ({name}/) was not moved and no tag "
+                               f"was created: {exc}; push the run again to move both") from None
+    for name, p in prepared.items():
+        try:
+            hub.publish_tag(results[name], p)
+        except StorageError as exc:
+            raise StorageError(f"{_moved(results)}, but tag {p.tag!r} ({name}/) was not created: {exc}") from None
     return results
+
+
+def _moved(results: dict[str, PushResult]) -> str:
+    moved = ", ".join(f"branch {r.branch!r} to {r.revision[:12]}" for r in results.values())
+    return f"{next(iter(results.values())).repo}: moved {moved}"
 
 
 def pull_model(spec: str, storage_url: str | None = None) -> Path:

@@ -9,6 +9,7 @@ from neuracore.ml.core.errors import ConfigError
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REVISION_HASH = re.compile(r"^[0-9a-f]{7,64}$")
+_FULL_REVISION = re.compile(r"^[0-9a-f]{64}$")
 _FILE_SEGMENT = re.compile(r"^[A-Za-z0-9_.+=@-][A-Za-z0-9_.+=@ -]{0,254}$")
 DEFAULT_BRANCH = "main"
 
@@ -70,6 +71,11 @@ def looks_like_repo(spec: str) -> bool:
 def is_revision_hash(value: str) -> bool:
     """A full or abbreviated (>= 7 hex digits) revision id."""
     return bool(_REVISION_HASH.match(value))
+
+
+def is_full_revision(value: object) -> bool:
+    """A complete revision id: 64 lowercase hex digits (the only form stored in refs and cache paths)."""
+    return isinstance(value, str) and bool(_FULL_REVISION.fullmatch(value))
 
 
 def check_file_path(path: str, where: str) -> str:
