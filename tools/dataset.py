@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from neuracore.ml.core.errors import NeuracoreError
+from neuracore.ml.core.errors import NeuracoreError, one_line
 from neuracore.ml.datasets import api
 from neuracore.ml.datasets.format import IMAGE_ENCODINGS
 from neuracore.ml.datasets.importers import IMPORTERS
@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pulled {args.spec} to {path} (dataset_name={path.name})")
     except NeuracoreError as exc:
         print(f"dataset: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permission denied, a file where a folder is expected, a full disk: one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"dataset: error: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +152,93 @@ class MaterializedDataset:
 
 
 def dataset_path(name: str, root: Path | None = None) -> Path:
-    """Folder of dataset `name` (validated so it cannot escape the datasets root)."""
-    return (root or datasets_root()) / check_name(name, "dataset_name")
+    """Folder of dataset `name` (validated so it cannot escape the datasets root).
+
+    A replace interrupted between its two renames (where the system cannot swap folders
+    atomically) is finished here, so every reader sees the old or the new dataset, never none.
+    """
+    path = (root or datasets_root()) / check_name(name, "dataset_name")
+    recover_replace(path)
+    return path
+
+
+def _aside(path: Path) -> Path:
+    """Where `replace_dir` keeps the old dataset while the new one is renamed into place."""
+    return path.parent / f".{path.name}.replaced"
+
+
+def recover_replace(path: Path) -> None:
+    """Finish a replace of `path` that was killed halfway (see `replace_dir`).
+
+    The old dataset set aside and nothing under the name: the old one is put back. Both present:
+    the new one is in place and the old copy is removed.
+    """
+    aside = _aside(path)
+    try:
+        if not os.path.lexists(aside):
+            return
+        if not os.path.lexists(path):
+            if (aside / SPEC_FILE).is_file():
+                os.replace(aside, path)
+            return
+        if aside.is_symlink():
+            aside.unlink()
+        else:
+            shutil.rmtree(aside, ignore_errors=True)
+    except OSError:
+        pass  # e.g. a read-only datasets folder: readers still get a one-line "not found" later
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem/kernel cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def replace_dir(new: Path, final: Path) -> None:
+    """Put folder `new` at `final`, replacing what is there; `final` never holds nothing.
+
+    Where the kernel can swap two folders in one step, it does; the old folder (now at `new`)
+    is then removed. Elsewhere the old folder is renamed to `.<name>.replaced` before `new` takes
+    its name: a kill between the two renames is finished by `recover_replace` on the next open
+    or list, which puts the old dataset back.
+    """
+    if not os.path.lexists(final):
+        os.replace(new, final)
+        return
+    if final.is_dir() and not final.is_symlink() and _exchange(new, final):
+        shutil.rmtree(new, ignore_errors=True)  # the old dataset, swapped out
+        return
+    aside = _aside(final)
+    if os.path.lexists(aside):
+        shutil.rmtree(aside, ignore_errors=True)
+    os.replace(final, aside)
+    try:
+        os.replace(new, final)
+    except BaseException:
+        os.replace(aside, final)
+        raise
+    if aside.is_symlink():
+        aside.unlink()
+    else:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def available_datasets(root: Path | None = None) -> list[str]:
@@ -158,6 +246,8 @@ def available_datasets(root: Path | None = None) -> list[str]:
     root = root or datasets_root()
     if not root.is_dir():
         return []
+    for p in root.glob(".*.replaced"):  # replaces killed halfway: finish them before listing
+        recover_replace(p.parent / p.name[1:-len(".replaced")])
     return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file() and not p.name.startswith("."))
 
 
@@ -170,18 +260,99 @@ def fingerprint_files(data_dir: Path) -> str:
     return digest.hexdigest()
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_spec_json(data: Any) -> None:
+    """Structure and values of a parsed spec.json; the first problem is a `ValueError` naming the key.
+
+    Statistics must be finite (a NaN there trains to a NaN loss), episodes must be ordered,
+    contiguous row ranges starting at row 0, and names must be strings.
+    """
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(what)
+
+    need(isinstance(data, dict), f"expected a JSON object, got {type(data).__name__}")
+    for key in ("name", "frequency", "robots", "columns", "episodes"):
+        need(key in data, f"{key!r} is missing")
+    need(isinstance(data["name"], str), "'name' must be a string")
+    freq = data["frequency"]
+    need(_number(freq) and math.isfinite(freq) and freq > 0, f"'frequency' must be a positive number, got {freq!r}")
+    robots = data["robots"]
+    need(isinstance(robots, dict) and bool(robots), "'robots' must be a non-empty object")
+    for robot, types in robots.items():
+        need(isinstance(types, dict), f"robots.{robot} must be an object {{DATA_TYPE: [items]}}")
+        for dt, items in types.items():
+            need(dt in DataType._value2member_map_, f"robots.{robot}: unknown data type {dt!r}")
+            need(isinstance(items, list) and all(isinstance(i, str) for i in items),
+                 f"robots.{robot}.{dt} must be a list of item names")
+    columns = data["columns"]
+    need(isinstance(columns, dict), "'columns' must be an object")
+    for cname, col in columns.items():
+        need(isinstance(col, dict), f"columns.{cname} must be an object")
+        need(col.get("data_type") in DataType._value2member_map_, f"columns.{cname}: unknown data_type")
+        need(isinstance(col.get("items"), list) and bool(col["items"]) and all(isinstance(i, str) for i in col["items"]),
+             f"columns.{cname}.items must be a non-empty list of names")
+        shape = col.get("item_shape")
+        need(isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape),
+             f"columns.{cname}.item_shape must be a list of positive integers, got {shape!r}")
+        need(col.get("dtype") in ("uint8", "float32"), f"columns.{cname}.dtype {col.get('dtype')!r}; valid: uint8, float32")
+        need(col.get("encoding", "raw") in IMAGE_ENCODINGS, f"columns.{cname}.encoding {col.get('encoding')!r}")
+    episodes = data["episodes"]
+    need(isinstance(episodes, list), "'episodes' must be a list")
+    end = 0
+    for i, ep in enumerate(episodes):
+        need(isinstance(ep, dict), f"episodes[{i}] must be an object")
+        start, length = ep.get("start"), ep.get("length")
+        need(isinstance(start, int) and not isinstance(start, bool) and isinstance(length, int)
+             and not isinstance(length, bool), f"episodes[{i}]: start and length must be integers")
+        need(length > 0, f"episodes[{i}]: length {length} (an episode has at least one frame)")
+        need(start >= end, f"episodes[{i}] starts at row {start}, inside the previous episode (rows up to {end - 1}): "
+             "episodes overlap or are out of order")
+        need(start == end, f"episodes[{i}] starts at row {start}, but the previous episode ends at row {end}: "
+             "a gap between episodes")
+        end = start + length
+        need(ep.get("robot") in robots, f"episodes[{i}]: robot {ep.get('robot')!r} is not in 'robots'")
+        need(ep.get("language") is None or isinstance(ep["language"], str), f"episodes[{i}]: language must be a string")
+    statistics = data.get("statistics", {})
+    need(isinstance(statistics, dict), "'statistics' must be an object")
+    for dt, per_item in statistics.items():
+        need(isinstance(per_item, dict), f"statistics.{dt} must be an object")
+        for item, stats in per_item.items():
+            need(isinstance(stats, dict), f"statistics.{dt}.{item} must be an object")
+            for stat, values in stats.items():
+                need(isinstance(values, list) and all(_number(v) for v in values),
+                     f"statistics {dt} item {item!r} {stat} must be a list of numbers")
+                bad = [j for j, v in enumerate(values) if not math.isfinite(v)]
+                need(not bad, f"statistics {dt} item {item!r} {stat}[{bad[0] if bad else 0}] is "
+                     f"{values[bad[0]] if bad else ''} (non-finite statistics train to a NaN loss); re-import the dataset")
+    need(isinstance(data.get("fingerprint", ""), str), "'fingerprint' must be a string")
+    need(isinstance(data.get("source", {}), dict), "'source' must be an object")
+    version = data.get("format_version", FORMAT_VERSION)
+    need(isinstance(version, int) and not isinstance(version, bool), "'format_version' must be an integer")
+
+
 def read_spec(path: Path) -> DatasetSpec:
-    """Read `spec.json`, with a one-line error naming the file when it is unreadable."""
+    """Read `spec.json`, with a one-line error naming the file when it is unreadable or malformed."""
     spec_file = path / SPEC_FILE
     try:
-        spec = DatasetSpec.from_json(json.loads(spec_file.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        data = json.loads(spec_file.read_text())
+    except (OSError, ValueError) as exc:
         raise DatasetError(f"{spec_file}: unreadable dataset spec ({one_line(exc)})") from None
-    if spec.format_version > FORMAT_VERSION:
+    version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else FORMAT_VERSION
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise DatasetError(
-            f"{spec_file}: format_version {spec.format_version} is newer than this neuracore "
+            f"{spec_file}: format_version {version} is newer than this neuracore "
             f"supports ({FORMAT_VERSION}); upgrade neuracore"
         )
+    try:
+        _check_spec_json(data)
+        spec = DatasetSpec.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        detail = str(exc) if isinstance(exc, ValueError) else one_line(exc)
+        raise DatasetError(f"{spec_file}: unreadable dataset spec ({detail})") from None
     return spec
 
 
@@ -211,7 +382,7 @@ def open_dataset(name: str, root: Path | None = None) -> MaterializedDataset:
         table = hf.data.table
     except Exception as exc:  # noqa: BLE001 - any failure here means the Arrow files are unusable
         raise DatasetError(f"{path / DATA_DIR}: corrupt Arrow dataset ({one_line(exc)})") from None
-    if table.num_rows != spec.num_frames:
+    if table.num_rows != spec.num_frames:  # episodes are contiguous from row 0 (read_spec): all in bounds
         raise DatasetError(
             f"{path}: table has {table.num_rows} rows but spec.json lists {spec.num_frames} frames; "
             "re-import the dataset"

@@ -31,6 +31,7 @@ from neuracore.ml.datasets.format import (
     dataset_path,
     encode_image,
     fingerprint_files,
+    replace_dir,
 )
 from neuracore.ml.datasets.statistics import RunningStats
 
@@ -164,15 +165,24 @@ def _episode_rows(
                     f"{where}: {dt.value} item {item!r} has dtype {values.dtype}, expected uint8 "
                     "(0-255); convert float [0, 1] images with (x * 255).round().astype('uint8')"
                 )
+            if values.dtype.kind not in "biuf":
+                raise DatasetError(f"{where}: {dt.value} item {item!r} holds {values.dtype} values, not numbers")
             values = values.reshape(length, -1)
             if values.shape[1] != width:
                 raise DatasetError(
                     f"{where}: {dt.value} item {item!r} has shape {list(np.asarray(given[item]).shape[1:])}"
                     f" per frame, expected {col.item_shape}"
                 )
-            if values.dtype.kind == "f" and not np.isfinite(values).all():
-                frame = int(np.argwhere(~np.isfinite(values))[0][0])
-                raise DatasetError(f"{where} frame {frame}: {dt.value} item {item!r} is NaN or Inf")
+            # Every importer's frames pass here: checked as given and as stored (float32), so a float64
+            # value too large for float32 is refused too, not written as Inf.
+            for stored in (False, True):
+                if stored:
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        values = values.astype(col.dtype, copy=False)
+                if values.dtype.kind == "f" and not np.isfinite(values).all():
+                    frame = int(np.argwhere(~np.isfinite(values))[0][0])
+                    problem = f"is too large for {col.dtype}" if stored else "is NaN or Inf"
+                    raise DatasetError(f"{where} frame {frame}: {dt.value} item {item!r} {problem}")
             if block is None:
                 block = np.ascontiguousarray(values, dtype=col.dtype)[:, None]
             else:
@@ -328,7 +338,9 @@ def materialize(
     import datasets as hf
     from tqdm.auto import tqdm
 
-    final = dataset_path(name, root)
+    if not (isinstance(frequency, (int, float)) and np.isfinite(frequency) and frequency > 0):
+        raise DatasetError(f"dataset {name!r}: frequency {frequency!r} Hz; must be a positive finite number")
+    final = dataset_path(name, root)  # also finishes a replace of this name killed halfway
     if final.exists() and not overwrite:
         raise DatasetError(f"dataset {name!r} already exists at {final}; delete it or pass overwrite")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -374,7 +386,11 @@ def materialize(
         for key, running in stats.items():
             col, _, item = key.partition("/")
             spec_col = columns[col]
-            statistics.setdefault(spec_col.data_type, {})[item or spec_col.items[0]] = running.result()
+            result = running.result()
+            if not all(np.isfinite(v).all() for v in result.values()):
+                raise DatasetError(f"dataset {name!r}: statistics of {spec_col.data_type} item "
+                                   f"{item or spec_col.items[0]!r} are not finite (values too large)")
+            statistics.setdefault(spec_col.data_type, {})[item or spec_col.items[0]] = result
         source = dict(source or {})
         if skip_bad_episodes:
             source["skipped_episodes"] = skipped
@@ -389,13 +405,8 @@ def materialize(
             source=source,
         )
         (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=1))
-        if final.exists():  # overwrite: move the old one aside first so the swap is two renames
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=final.parent))
-            os.replace(final, old / "d")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        # On overwrite the old dataset stays under the name until the new one takes its place.
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

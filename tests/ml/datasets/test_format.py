@@ -403,11 +403,11 @@ def test_newer_format_version_rejected(made, tmp_path: Path) -> None:
 def test_spec_table_mismatch(made, tmp_path: Path) -> None:
     path, _ = made
     raw = json.loads((path / SPEC_FILE).read_text())
-    raw["episodes"][0]["length"] += 1
+    raw["episodes"][-1]["length"] += 1  # the first one would overlap the next: refused by read_spec
     (path / SPEC_FILE).write_text(json.dumps(raw))
     with pytest.raises(DatasetError, match="table has 15 rows but spec.json lists 16 frames"):
         open_dataset("small", root=tmp_path)
-    raw["episodes"][0]["length"] -= 1
+    raw["episodes"][-1]["length"] -= 1
     raw["columns"]["CUSTOM_1D"] = {"data_type": "CUSTOM_1D", "items": ["x"], "item_shape": [1], "dtype": "float32"}
     (path / SPEC_FILE).write_text(json.dumps(raw))
     with pytest.raises(DatasetError, match=r"columns \['CUSTOM_1D'\] of spec.json are missing"):

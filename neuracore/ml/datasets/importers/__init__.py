@@ -8,6 +8,7 @@ imports episode by episode, optionally in several processes.
 from __future__ import annotations
 
 import importlib
+import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,6 +58,10 @@ def import_dataset(
     `mapping` is a `--map` YAML file or dict `{source_key: DATA_TYPE or null}`; `image_encoding`
     stores RGB frames as "raw" uint8 (fastest to read) or "png"/"jpeg" bytes (smaller on disk).
     """
+    for key, value, zero_ok in (("--frequency", frequency, False), ("--max-delay-s", max_delay_s, True)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
+                                      and (value > 0 or (zero_ok and value == 0))):
+            raise ConfigError(f"{key} {value!r}: must be a {'non-negative' if zero_ok else 'positive'} finite number")
     options = ImportOptions(frequency, load_mapping(mapping), robot, language, max_delay_s)
     plan = plan_import(kind, path, options)
     plan.layout.image_encoding = image_encoding

@@ -1,10 +1,16 @@
-"""Shared pieces of the importers: key → DataType mapping, fields, timestamps and resampling."""
+"""Shared pieces of the importers: key → DataType mapping, fields, timestamps and resampling.
+
+Also the guards every importer reads through: `confine` (no file outside the source folder is
+opened) and `check_declared_shape` (no array larger than memory is allocated on a file's word).
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -14,6 +20,60 @@ from neuracore.ml.core.errors import ConfigError, DatasetError, one_line
 from neuracore.ml.datasets.materialize import DatasetLayout, Episode, EpisodeSource
 
 LANGUAGE_ITEM = "instruction"
+MAX_VECTOR_WIDTH = 1 << 16  # values per frame of one vector key; more is a malformed declaration
+
+
+def confine(root: Path, *parts: str | PurePosixPath, where: str) -> Path:
+    """`root/<parts>` resolved, or a one-line error if it leaves the source folder `root`.
+
+    Refused: an absolute path, a `..` component, or a path whose symlinks resolve outside `root`
+    (checked before the file is opened). The resolved path is returned, so what is opened is what
+    was checked.
+    """
+    text = "/".join(str(p) for p in parts)
+    rel = PurePosixPath(*parts) if parts else PurePosixPath(".")
+    if "\0" in text or rel.is_absolute() or ".." in rel.parts:
+        raise DatasetError(f"{where}: path {text!r} leaves the source folder (absolute or '..'); refused")
+    base = Path(root).resolve()
+    try:
+        target = (base / rel).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise DatasetError(f"{where}: {text!r} cannot be resolved ({one_line(exc)}); refused") from None
+    if target != base and base not in target.parents:
+        raise DatasetError(f"{where}: {text!r} is a symlink to {target}, outside the source folder {base}; refused")
+    return target
+
+
+def check_confined(root: Path, path: Path, where: str) -> Path:
+    """A path found by listing `root` (glob, iterdir), resolved and checked like `confine`."""
+    return confine(root, PurePosixPath(Path(path).relative_to(root).as_posix()), where=where)
+
+
+def max_array_bytes() -> int:
+    """The largest array an importer allocates for one key of one episode: half the machine's memory."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = 16 << 30
+    return max(total // 2, 1 << 30)
+
+
+def check_declared_shape(shape: Any, itemsize: int, where: str) -> list[int]:
+    """An array shape declared by a source file as ints; refused (one line) if malformed or too large.
+
+    Checked before anything is allocated: a file claiming `[10**12, 14]` would otherwise end in a
+    MemoryError or the out-of-memory killer.
+    """
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise DatasetError(f"{where}: declared shape {shape!r} is not a list of non-negative integers")
+    need = math.prod(shape) * max(int(itemsize), 1)
+    limit = max_array_bytes()
+    if need > limit:
+        raise DatasetError(f"{where}: declared shape {list(shape)} needs {need / 1e9:.3g} GB, more than "
+                           f"{limit / 1e9:.3g} GB (half this machine's memory); refused")
+    return [int(d) for d in shape]
 
 
 @dataclass
@@ -113,6 +173,10 @@ def episode_from_arrays(
         if f.key not in arrays:
             raise DatasetError(f"{where}: {f.data_type.value} {f.key!r} is missing (has: {', '.join(arrays)})")
         values = np.asarray(arrays[f.key])
+        if values.ndim == 0:
+            raise DatasetError(f"{where}: {f.key!r} is a scalar, expected an array with one row per frame")
+        if values.dtype.kind not in "biuf":
+            raise DatasetError(f"{where}: {f.key!r} holds {values.dtype} values, not numbers")
         if len(values) == 0:
             raise DatasetError(f"{where}: empty episode (0 frames)")
         if length is None:

@@ -17,6 +17,7 @@ JOINT_TARGET_POSITIONS (`action_<i>`), any other obs key → CUSTOM_1D (`<key>_<
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,13 @@ import numpy as np
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import DatasetError, one_line
 from neuracore.ml.datasets.importers.common import (
+    MAX_VECTOR_WIDTH,
     Field,
     ImportOptions,
     ImportPlan,
     build_layout,
+    check_confined,
+    check_declared_shape,
     check_mapping_keys,
     default_robot,
     episode_from_arrays,
@@ -55,9 +59,75 @@ def _open(path: Path) -> Any:
         raise DatasetError(f"{path}: unreadable HDF5 file (truncated or not HDF5: {exc})") from None
 
 
+_MAX_LINK_HOPS = 32
+
+
+def _node(group: Any, key: str, where: str) -> Any:
+    """The object at `key` under `group`, or None if there is none; never leaves this file.
+
+    The path is walked link by link without following any link first: an external link is
+    refused before its file is opened, soft links are followed inside this file only, and a
+    dataset whose data lives in other files (external storage, a virtual dataset) is refused.
+    """
+    import h5py
+
+    node, parts, hops = group, [p for p in key.split("/") if p and p != "."], 0
+    while parts:
+        name = parts.pop(0)
+        if not isinstance(node, h5py.Group):
+            return None  # a path through a dataset
+        link = node.get(name, getlink=True)
+        if link is None:
+            return None
+        if isinstance(link, h5py.ExternalLink):
+            raise DatasetError(f"{where}: {key!r} is an external link to {link.filename}:{link.path}; refused "
+                               "(it would read outside the source)")
+        if isinstance(link, h5py.SoftLink):
+            hops += 1
+            if hops > _MAX_LINK_HOPS:
+                raise DatasetError(f"{where}: {key!r}: more than {_MAX_LINK_HOPS} soft links (a loop?)")
+            target = str(link.path)
+            node = node.file if target.startswith("/") else node
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        try:
+            node = node[name]  # a hard link: an object of this file
+        except (KeyError, OSError, ValueError):
+            return None
+    if isinstance(node, h5py.Dataset):
+        if node.is_virtual:
+            raise DatasetError(f"{where}: {key!r} is a virtual dataset (its data lives in other files); refused")
+        if node.external:
+            files = ", ".join(sorted({str(e[0]) for e in node.external}))
+            raise DatasetError(f"{where}: {key!r} keeps its data in external files ({files}); refused")
+    return node
+
+
+def _has(group: Any, key: str, where: str) -> bool:
+    return _node(group, key, where) is not None
+
+
+def _dataset(group: Any, key: str, where: str) -> Any:
+    """The dataset at `key`, checked: numeric, an array (not a scalar), a size that fits in memory."""
+    import h5py
+
+    node = _node(group, key, where)
+    if node is None:
+        raise DatasetError(f"{where}: {key!r} is missing")
+    if not isinstance(node, h5py.Dataset):
+        raise DatasetError(f"{where}: {key!r} is a group, expected an array")
+    if node.shape is None or len(node.shape) == 0:
+        raise DatasetError(f"{where}: {key!r} is a scalar, expected an array with one row per frame")
+    if node.dtype.kind not in "biuf":
+        raise DatasetError(f"{where}: {key!r} holds {node.dtype} values, not numbers")
+    check_declared_shape(list(node.shape), node.dtype.itemsize, f"{where}: {key!r}")
+    return node
+
+
 def _read(group: Any, key: str, where: str) -> np.ndarray:
+    node = _dataset(group, key, where)
     try:
-        return group[key][()]
+        return node[()]
     except (OSError, KeyError, ValueError) as exc:
         raise DatasetError(f"{where}: cannot read {key!r} ({one_line(exc)})") from None
 
@@ -66,13 +136,20 @@ def _natural_key(path: Path | str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path)))
 
 
-def _keys(group: Any, prefix: str = "") -> list[str]:
-    """Paths of every dataset under `group`."""
+def _keys(group: Any, where: str, prefix: str = "", depth: int = 0) -> list[str]:
+    """Paths of every dataset under `group` (through links inside this file only; see `_node`)."""
+    import h5py
+
+    if depth > _MAX_LINK_HOPS:
+        raise DatasetError(f"{where}: groups nested more than {_MAX_LINK_HOPS} deep under {prefix!r} (a loop?)")
     out: list[str] = []
-    for name, node in group.items():
-        if hasattr(node, "keys"):
-            out.extend(_keys(node, f"{prefix}{name}/"))
-        else:
+    for name in group:
+        soft = isinstance(group.get(name, getlink=True), h5py.SoftLink)
+        node = _node(group, name, where)
+        if isinstance(node, h5py.Group):
+            if not soft:  # a soft-linked group is listed where it lives (and cannot loop here)
+                out.extend(_keys(node, where, f"{prefix}{name}/", depth + 1))
+        elif node is not None:
             out.append(f"{prefix}{name}")
     return out
 
@@ -90,18 +167,20 @@ def _vector_items(data_type: DataType, key: str, width: int, joints: int | None)
 
 def _fields(group: Any, defaults: dict[str, DataType], options: ImportOptions, where: str) -> list[Field]:
     """Fields of one episode group: defaults for the layout, overridden by `--map`."""
-    keys = _keys(group)
+    keys = _keys(group, where)
     check_mapping_keys(options.mapping, keys, where)
     chosen = {**defaults, **options.mapping}
-    qpos = group["observations/qpos"].shape[-1] if "observations/qpos" in group else None
+    qpos = _dataset(group, "observations/qpos", where).shape[-1] if "observations/qpos" in keys else None
     fields: list[Field] = []
     for key in keys:
         dt = chosen.get(key)
         if dt is None:
             continue
-        shape = list(group[key].shape[1:])
+        shape = list(_dataset(group, key, where).shape[1:])
         if dt.modality == Modality.VECTOR:
-            width = int(np.prod(shape)) if shape else 1
+            width = math.prod(shape)
+            if not 0 < width <= MAX_VECTOR_WIDTH:
+                raise DatasetError(f"{where}: {key!r} has {width} values per frame; expected 1..{MAX_VECTOR_WIDTH}")
             if width % dt.item_width:
                 raise DatasetError(f"{where}: {key!r} has {width} values per frame, not a multiple of "
                                    f"{dt.item_width} for {dt.value}")
@@ -109,6 +188,8 @@ def _fields(group: Any, defaults: dict[str, DataType], options: ImportOptions, w
         elif dt.modality == Modality.IMAGE:
             if len(shape) == 2:
                 shape = [*shape, 1]
+            if len(shape) != 3 or min(shape) == 0:
+                raise DatasetError(f"{where}: {key!r} has frames of shape {shape}, expected [H, W, C] images")
             fields.append(Field(key, dt, [key.rsplit("/", 1)[-1].removesuffix("_image").removesuffix("_depth")],
                                 shape))
         else:
@@ -116,17 +197,23 @@ def _fields(group: Any, defaults: dict[str, DataType], options: ImportOptions, w
     return fields
 
 
-def _act_defaults(group: Any) -> dict[str, DataType]:
-    out = {k: v for k, v in _ACT_KEYS.items() if k in group}
-    if "observations/images" in group:
-        for cam in group["observations/images"]:
+def _act_defaults(group: Any, where: str) -> dict[str, DataType]:
+    out = {k: v for k, v in _ACT_KEYS.items() if _has(group, k, where)}
+    images = _node(group, "observations/images", where)
+    if images is not None and hasattr(images, "keys"):
+        for cam in images:
             out[f"observations/images/{cam}"] = DataType.RGB_IMAGES
     return out
 
 
-def _robomimic_defaults(group: Any) -> dict[str, DataType]:
+def _group_keys(group: Any, key: str, where: str) -> list[str]:
+    node = _node(group, key, where)
+    return list(node) if node is not None and hasattr(node, "keys") else []
+
+
+def _robomimic_defaults(group: Any, where: str) -> dict[str, DataType]:
     out: dict[str, DataType] = {}
-    for key in group.get("obs", {}):
+    for key in _group_keys(group, "obs", where):
         if key.endswith("_image"):
             dt = DataType.RGB_IMAGES
         elif key.endswith("_depth"):
@@ -142,14 +229,14 @@ def _robomimic_defaults(group: Any) -> dict[str, DataType]:
         else:
             dt = DataType.CUSTOM_1D
         out[f"obs/{key}"] = dt
-    if "actions" in group:
+    if _has(group, "actions", where):
         out["actions"] = DataType.JOINT_TARGET_POSITIONS
     return out
 
 
-def _eef_pairs(group: Any) -> list[str]:
+def _eef_pairs(group: Any, where: str) -> list[str]:
     """robomimic prefixes with both `<p>eef_pos` and `<p>eef_quat` observations."""
-    obs = group.get("obs", {})
+    obs = _group_keys(group, "obs", where)
     return [k[: -len("eef_pos")] for k in obs if k.endswith("eef_pos") and f"{k[:-3]}quat" in obs]
 
 
@@ -157,15 +244,15 @@ def _load(path: str, group_path: str, robot: str, fields: list[Field], eef: list
           where: str) -> Episode:
     """Read one episode (an ACT file or a robomimic demo group); runs in a worker process."""
     with _open(Path(path)) as f:
-        if group_path and group_path not in f:
+        group = _node(f, group_path, where) if group_path else f
+        if group is None or not hasattr(group, "keys"):
             raise DatasetError(f"{where}: group {group_path!r} missing")
-        group = f[group_path] if group_path else f
         arrays: dict[str, np.ndarray] = {}
         joined = {f"obs/{p}eef" for p in eef}
         for fld in fields:
             if fld.key in joined:
                 continue
-            if fld.key not in group:
+            if not _has(group, fld.key, where):
                 raise DatasetError(f"{where}: {fld.data_type.value} {fld.key!r} is missing")
             arrays[fld.key] = _read(group, fld.key, where)
         for prefix in eef:
@@ -186,17 +273,20 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
         )
         if not files:
             raise DatasetError(f"{path}: no episode_*.hdf5 files")
+        # A symlinked episode file must not lead out of the source folder.
+        files = [check_confined(path, p, where=p.name) for p in files]
         style = "act"
     elif path.is_file():
         files = [path]
         with _open(path) as f:
-            style = "robomimic" if "data" in f and hasattr(f["data"], "keys") else "act"
+            data = _node(f, "data", str(path))
+            style = "robomimic" if data is not None and hasattr(data, "keys") else "act"
     else:
         raise DatasetError(f"{path}: no such file or folder")
 
     with _open(files[0]) as f:
         if style == "act":
-            defaults = _act_defaults(f)
+            defaults = _act_defaults(f, str(files[0]))
             fields = _fields(f, defaults, options, str(files[0]))
             eef: list[str] = []
             attrs_language = None
@@ -206,12 +296,19 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
             names = sorted((k for k in f["data"] if k.startswith("demo")), key=_natural_key)
             if not names:
                 raise DatasetError(f"{path}: no data/demo_<i> groups")
-            first = f[f"data/{names[0]}"]
-            defaults = _robomimic_defaults(first)
-            fields = _fields(first, defaults, options, f"{path}:data/{names[0]}")
-            eef = [p for p in _eef_pairs(first) if f"obs/{p}eef_pos" not in options.mapping]
+            where = f"{path}:data/{names[0]}"
+            first = _node(f, f"data/{names[0]}", where)
+            if first is None or not hasattr(first, "keys"):
+                raise DatasetError(f"{where}: not a group")
+            defaults = _robomimic_defaults(first, where)
+            fields = _fields(first, defaults, options, where)
+            eef = [p for p in _eef_pairs(first, where) if f"obs/{p}eef_pos" not in options.mapping]
             fields += [Field(f"obs/{p}eef", DataType.END_EFFECTOR_POSES, [f"{p}eef"]) for p in eef]
             attrs_language = f["data"].attrs.get("language")
+            if isinstance(attrs_language, bytes):
+                attrs_language = attrs_language.decode("utf-8", "replace")
+            if attrs_language is not None and not isinstance(attrs_language, str):
+                raise DatasetError(f"{path}: data attribute 'language' must be a string, got {attrs_language!r}")
             demos = [(str(path), f"data/{n}", f"{path.name}:data/{n}") for n in names]
             frequency = options.frequency or ROBOMIMIC_FREQUENCY
     if not fields:
