@@ -561,8 +561,10 @@ class Hub:
 def _local_error(exc: OSError, dest: Path) -> StorageError:
     """A local file-system failure while writing `dest`, as one line naming the path."""
     where = exc.filename or dest
-    return StorageError(f"{where}: {exc.strerror or one_line(exc)} (writing the local copy {dest}); "
-                        "nothing was left behind")
+    what = exc.strerror or one_line(exc)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        what = f"{what}: a file is where a folder is expected"
+    return StorageError(f"{where}: {what} (writing the local copy {dest}); nothing was left behind")
 
 
 def _move_aside(dest: Path) -> Path | None:
