@@ -109,7 +109,8 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
             world_size=accelerator.num_processes,
             batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
-            extra={"lora": lora.record() if lora else None},
+            extra={"lora": lora.record() if lora else None,
+                   "relative_actions": data.model_init.to_json().get("relative_actions")},
         )
         if resume_path is not None:
             trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, core_model(accelerator, model))

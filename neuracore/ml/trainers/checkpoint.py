@@ -19,11 +19,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from neuracore.ml.core.errors import CheckpointError, one_line
+from neuracore.ml.trainers.rng_state import load_rng_state, rng_file, save_rng_state
+from neuracore.ml.utils.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 ALGORITHM_STATE_FILE = "algorithm_state.safetensors"  # NeuracoreModel.checkpoint_state(), e.g. an EMA
+MANIFEST_FILE = "manifest.json"  # sha256 and size of every other file, checked before a resume reads any
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -113,19 +116,16 @@ def save_checkpoint(
         tmp.mkdir()
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    # accelerate's pickled RNG file (loaded back inside a silent `except`) is replaced by safetensors
+    (tmp / f"random_states_{accelerator.process_index}.pkl").unlink(missing_ok=True)
+    save_rng_state(tmp, accelerator.process_index, accelerator.step)
     extra_tensors, extra_metadata = _algorithm_state(model, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if extra_tensors or extra_metadata:
             save_file(extra_tensors, str(tmp / ALGORITHM_STATE_FILE), metadata=extra_metadata)
-        with open(tmp / STATE_FILE, "w") as f:
-            json.dump(asdict(state), f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        for child in tmp.iterdir():
-            if child.is_file():
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
+        write_manifest(tmp)  # hashes and fsyncs every file, then the manifest itself
         old = None
         if final.exists():  # re-saving a step (after a resume): keep the old copy until the new one is in
             old = root / f".old_checkpoint_{state.step}"
@@ -139,6 +139,50 @@ def save_checkpoint(
         logger.info("saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def write_manifest(folder: Path) -> None:
+    """`manifest.json`: sha256 and size of every file under `folder` (each fsynced), written last."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE):
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        files[path.relative_to(folder).as_posix()] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    with open(folder / MANIFEST_FILE, "w") as f:
+        json.dump({"files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def verify_checkpoint_files(path: Path) -> None:
+    """Every file of the checkpoint is the one written (sha256 and size per `manifest.json`), none is added.
+
+    Runs before anything of the checkpoint is read; any difference is a `CheckpointError` naming the file.
+    """
+    where = f"resume_checkpoint_path={str(path)!r}"
+    manifest = path / MANIFEST_FILE
+    try:
+        files = json.loads(manifest.read_text())["files"]
+        entries = {str(rel): (str(e["sha256"]), int(e["size"])) for rel, e in files.items()}
+    except FileNotFoundError:
+        raise CheckpointError(f"{where}: no {MANIFEST_FILE} (an incomplete checkpoint, or one written by an older "
+                              "neuracore); resume from a checkpoint with a manifest") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: {MANIFEST_FILE} is unreadable or malformed ({one_line(exc)})") from None
+    root = path.resolve()
+    for rel, (sha, size) in sorted(entries.items()):
+        file = (root / rel).resolve()
+        if root not in file.parents:
+            raise CheckpointError(f"{where}: {MANIFEST_FILE} names {rel!r}, outside the checkpoint")
+        if not file.is_file():
+            raise CheckpointError(f"{where}: {rel} is missing (listed in {MANIFEST_FILE})")
+        if file.stat().st_size != size or sha256_file(file) != sha:
+            raise CheckpointError(f"{where}: {rel} is not the file that was saved (size or sha256 differs from "
+                                  f"{MANIFEST_FILE}); resume from an earlier checkpoint")
+    added = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.name != MANIFEST_FILE and p.relative_to(root).as_posix() not in entries)
+    if added:
+        raise CheckpointError(f"{where}: {added[0]} was not part of the saved checkpoint (not in {MANIFEST_FILE})")
 
 
 def rotate_checkpoints(run_dir: Path, keep_last_n: int) -> list[Path]:
@@ -174,6 +218,7 @@ def load_checkpoint(
 
     Any mismatch or unreadable file is a `CheckpointError`; a resume never degrades to a fresh start.
     """
+    verify_checkpoint_files(path)
     state = TrainerState.read(path)
     for key in ("algorithm", "dataset_fingerprint"):
         have, want = getattr(state, key), getattr(expected, key)
@@ -186,6 +231,11 @@ def load_checkpoint(
             check_resumable(state.extra.get("lora"), expected.extra["lora"], f"resume_checkpoint_path={str(path)!r}")
         except ValueError as exc:
             raise CheckpointError(str(exc)) from None
+    for key, want in expected.extra.items():  # other settings that change what is learnt (e.g. relative_actions)
+        have = state.extra.get(key)
+        if key != "lora" and have != want:
+            raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: the checkpoint was trained with {key}="
+                                  f"{json.dumps(have)}, this run has {json.dumps(want)}; resume with the same {key}")
     if state.world_size != expected.world_size:
         raise CheckpointError(
             f"resume_checkpoint_path={str(path)!r}: saved with {state.world_size} processes, resuming with "
@@ -193,7 +243,7 @@ def load_checkpoint(
         )
     sharded = accelerator.distributed_type == DistributedType.FSDP  # sharded state is saved as folders
     needed = ["pytorch_model_fsdp_0", "optimizer_0"] if sharded else ["model.safetensors", "optimizer.bin"]
-    needed.append(f"random_states_{accelerator.process_index}.pkl")
+    needed.append(rng_file(Path(), accelerator.process_index).name)
     missing = [n for n in needed if not (path / n).exists()]
     if missing:
         raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: incomplete checkpoint, missing {', '.join(missing)}")
@@ -201,6 +251,10 @@ def load_checkpoint(
         accelerator.load_state(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure is fatal for a resume
         raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: cannot load ({one_line(exc)})") from None
+    try:  # after accelerate's own (absent) RNG file: the generators and its micro-step counter, strictly
+        accelerator.step = load_rng_state(rng_file(path, accelerator.process_index))
+    except ValueError as exc:
+        raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: {exc}") from None
     if model is not None and hasattr(model, "load_checkpoint_state"):
         extra = path / ALGORITHM_STATE_FILE
         try:
