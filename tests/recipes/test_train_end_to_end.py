@@ -147,7 +147,7 @@ def test_corrupt_checkpoint_resume_fails_loudly(home: Path) -> None:
     result = run_cli(FAST + ["max_steps=4", "training_name=corrupt", "resume_checkpoint_path=auto"], home)
     assert result.returncode == 2
     lines = [l for l in result.stderr.splitlines() if l.startswith("neuracore: error:")]
-    assert len(lines) == 1 and "checkpoint_2" in lines[0] and "cannot load" in lines[0]
+    assert len(lines) == 1 and "checkpoint_2" in lines[0] and "model.safetensors is not the file that was saved" in lines[0]
     assert "Traceback" not in result.stderr
     assert not (_runs(home) / "corrupt" / "checkpoints" / "checkpoint_4").exists()
 

@@ -102,5 +102,5 @@ def test_load_restores_weights_and_checks_compatibility(tmp_path: Path, accelera
     with pytest.raises(CheckpointError, match="saved with 1 processes, resuming with 2"):
         load_checkpoint(accelerator, path, TrainerState(algorithm="cnnmlp", world_size=2))
     (path / "optimizer.bin").unlink()
-    with pytest.raises(CheckpointError, match="missing optimizer.bin"):
+    with pytest.raises(CheckpointError, match="optimizer.bin is missing"):
         load_checkpoint(accelerator, path, TrainerState(algorithm="cnnmlp"))
