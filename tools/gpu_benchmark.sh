@@ -3,6 +3,7 @@
 #
 #     bash tools/gpu_benchmark.sh            # everything below, printed as it runs
 #     QUICK=1 bash tools/gpu_benchmark.sh    # batch 8 and 256 of ACT only (≈ 4 minutes)
+#     PI05=1 bash tools/gpu_benchmark.sh     # only full-size pi0.5: full fine-tuning vs LoRA r=16 (≈ 3 minutes)
 #
 # 1. A synthetic dataset like the yardsticks' (one 224x224 camera stored as JPEG, 14 joints), materialised once.
 # 2. ACT and Diffusion Policy trained through the normal training command — data loading, the
@@ -12,6 +13,9 @@
 # 3. `tools/benchmark.py train --modes all --peers`: eager / compiled / graphed step programs on
 #    synthetic batches with compile+capture seconds, and LeRobot's own ACT and Diffusion policies
 #    timed in the same process (when `lerobot` imports), with the ratios.
+#
+# 4. Full-size pi0.5 (3.35B, random weights): full fine-tuning and LoRA r=16, step time and peak GPU
+#    memory at batch 8, bf16, gradient checkpointing, next to the memory planner's estimate.
 #
 # Needs the project installed (pip install -e ".[dev]" and lerobot==0.4.4 --no-deps for the peers).
 # A machine without network: put wheels in .whl/ and they are installed into /tmp/site first.
@@ -49,6 +53,15 @@ train() {  # name algorithm batch compile
     echo "  $name: $((SECONDS - start)) s wall including start-up, compile and capture"
     grep -h "torch.compile:" "$NEURACORE_HOME/$name.log" | sed 's/^.*torch.compile:/  torch.compile:/'
 }
+pi05() {  # full-size pi0.5 step time and peak memory: full fine-tuning vs LoRA, with the planner's estimate
+    echo "== full-size pi0.5, batch 8, bf16 autocast, gradient checkpointing, random weights"
+    for lora in "" "lora.rank=16"; do
+        $PY tools/benchmark.py train algorithm=pi05 $lora algorithm.gradient_checkpointing=true --batch-size 8 \
+            --cameras 1 --horizon 50 --precision bf16 --steps 10 --warmup 3 --no-baseline 2>&1 | grep -v "^W[0-9]"
+    done
+    $PY tools/benchmark.py memory algorithm=pi05 --gpu-gb 141 --batch-size 8 --cameras 1 --lora-ranks 16 2>&1 | tail -20
+}
+if [ -n "${PI05:-}" ]; then pi05; exit 0; fi
 rm -rf "$NEURACORE_HOME/training/runs"
 mkdir -p "$NEURACORE_HOME"
 echo "== through the training command (bf16, data loading included)"
@@ -69,3 +82,4 @@ for algo in act diffusion_policy; do
             --dataset gpubench --workers 12 --steps 50 --warmup 5 --no-baseline 2>&1 | grep -v "^W[0-9]"
     done
 done
+pi05
