@@ -25,6 +25,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from neuracore.ml.core.model import build_model
+    from neuracore.ml.core.relative_actions import pairs_to_json
     from neuracore.ml.datasets.format import open_dataset
     from neuracore.ml.trainers.accelerator import (
         accelerator_defaults_bf16,
@@ -110,7 +111,8 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
             batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
             extra={"lora": lora.record() if lora else None,
-                   "relative_actions": data.model_init.to_json().get("relative_actions")},
+                   "relative_actions": pairs_to_json(relative) if (relative := data.model_init.relative_actions)
+                   else None},
         )
         if resume_path is not None:
             trainer_state = load_checkpoint(accelerator, resume_path, trainer_state, core_model(accelerator, model))

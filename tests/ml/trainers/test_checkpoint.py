@@ -21,15 +21,6 @@ from neuracore.ml.trainers.checkpoint import (
 )
 
 
-@pytest.fixture()
-def accelerator() -> Accelerator:
-    acc = Accelerator(cpu=True)
-    yield acc
-    from neuracore.ml.trainers.accelerator import reset_accelerate_state
-
-    reset_accelerate_state()
-
-
 def _prepared(accelerator: Accelerator):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)

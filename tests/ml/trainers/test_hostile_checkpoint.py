@@ -24,15 +24,6 @@ from tests.conftest import FAST, run_cli
 
 
 @pytest.fixture()
-def accelerator() -> Accelerator:
-    acc = Accelerator(cpu=True)
-    yield acc
-    from neuracore.ml.trainers.accelerator import reset_accelerate_state
-
-    reset_accelerate_state()
-
-
-@pytest.fixture()
 def saved(tmp_path: Path, accelerator: Accelerator) -> Path:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 2)
