@@ -63,6 +63,21 @@ def run_group(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = R
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def fault_env(kill_after_step: int | None = None, oom_above: str | None = None) -> dict[str, str]:
+    """Environment that arms tests/fault_injection/sitecustomize.py in a child process (every rank).
+
+    `kill_after_step=N`: SIGKILL once step N is complete; `oom_above="RANK:SIZE"`: batch-size probes
+    above SIZE fail on that rank as if out of memory.
+    """
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "fault_injection"),
+                                                       os.environ.get("PYTHONPATH")]))}
+    if kill_after_step is not None:
+        env["NEURACORE_TEST_KILL_AFTER_STEP"] = str(kill_after_step)
+    if oom_above is not None:
+        env["NEURACORE_TEST_OOM_ABOVE"] = oom_above
+    return env
+
+
 def run_cli(args: list[str], home: Path, timeout: float = 600, env: dict[str, str] | None = None,
             module: str = "neuracore.ml.train") -> subprocess.CompletedProcess:
     """Run `python -m <module> *args` with NEURACORE_HOME=home; returns the completed process."""

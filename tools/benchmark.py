@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from neuracore.ml.benchmarks import BENCHMARKS
-from neuracore.ml.core.errors import NeuracoreError
+from neuracore.ml.core.errors import run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,12 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         modules[name] = module
         module.add_arguments(sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0]))
     args = parser.parse_args(argv)
-    try:
-        return int(modules[args.benchmark].run(args) or 0)
-    except NeuracoreError as exc:
-        print(f"benchmark: error: {exc}", file=sys.stderr)
-        return 2
-
+    return run_cli("benchmark", modules[args.benchmark].run, args)
 
 if __name__ == "__main__":
     sys.exit(main())

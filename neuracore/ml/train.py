@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from neuracore.ml.config.schema import TrainConfig, validate_config
-from neuracore.ml.core.errors import NeuracoreError
+from neuracore.ml.core.errors import NeuracoreError, expected_failure
 
 logger = logging.getLogger("neuracore.ml.train")
 CONFIG_DIR = str(Path(__file__).parent / "config")
@@ -39,6 +39,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     from neuracore.ml.trainers.data import build_data, check_full_batches, device_decode_collate, make_loader
     from neuracore.ml.trainers.ema import attach_ema
     from neuracore.ml.trainers.loop import LoopParts, fit
+    from neuracore.ml.trainers.model_size import check_model_fits
     from neuracore.ml.trainers.peft import setup_lora
     from neuracore.ml.trainers.run_folder import (
         discard_unstarted_run,
@@ -69,6 +70,8 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         with accelerator.main_process_first():
             dataset = open_dataset(_local_dataset_name(config.dataset_name))
         data = build_data(config, dataset)
+        # sizes that cannot fit are one line before anything is allocated (a meta-device build)
+        check_model_fits(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
         model = build_model(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
         lora = setup_lora(config.lora, model)  # adapters in, base weights frozen: before the optimizers exist
         total_params, trainable = count_parameters(model)
@@ -239,7 +242,11 @@ def _run_job(cfg: Any) -> dict[str, Any] | None:
     try:
         config = validate_config(OmegaConf.to_container(cfg, resolve=True))
         return train(config, job_num)
-    except NeuracoreError as exc:
+    except Exception as exc:  # expected failures are one line; a bug keeps its traceback
+        if expected_failure(exc) is None:
+            print("neuracore: internal error (a bug in neuracore: please report it with the traceback below)",
+                  file=sys.stderr, flush=True)
+            raise
         _fail(exc)
     finally:
         reset_accelerate_state()
@@ -248,7 +255,7 @@ def _run_job(cfg: Any) -> dict[str, Any] | None:
 
 def _fail(exc: BaseException) -> None:
     """One line on stderr; exit code 2 for bad input, the error's own code (e.g. 3 for memory) otherwise."""
-    print(f"neuracore: error: {exc}", file=sys.stderr, flush=True)
+    print(f"neuracore: error: {expected_failure(exc)}", file=sys.stderr, flush=True)
     raise SystemExit(getattr(exc, "exit_code", 2))
 
 
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         preflight(args, CONFIG_DIR)
-    except NeuracoreError as exc:
+    except (NeuracoreError, OSError) as exc:
         _fail(exc)
     sys.argv = [sys.argv[0], *args]
     hydra.main(config_path=CONFIG_DIR, config_name="config", version_base=None)(_run_job)()

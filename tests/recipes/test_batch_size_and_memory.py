@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import FAST, run_cli, run_group
+from tests.conftest import FAST, fault_env, run_cli, run_group
 from tests.recipes.test_train_end_to_end import _free_port
 
 AUTO = [a for a in FAST if not a.startswith("batch_size=")] + ["batch_size=auto"]
@@ -53,7 +53,7 @@ def test_effective_batch_size_sets_accumulation(home: Path) -> None:
 def test_ddp_ranks_agree_when_only_one_rank_runs_out_of_memory(home: Path) -> None:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     env = {**os.environ, "NEURACORE_HOME": str(home), "OMP_NUM_THREADS": "1",
-           "NEURACORE_DEBUG_OOM_ABOVE": "1:20"}  # only rank 1 "runs out of memory" above 20 samples
+           **fault_env(oom_above="1:20")}  # only rank 1 "runs out of memory" above 20 samples
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
            "recipes/train.py", *AUTO, "max_steps=1", "autotune.strategy=memory", "training_name=agree"]
     result = run_group(cmd, env, timeout=600)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import fault_env, run_cli
 
 # Diffusion Policy: random timesteps and noise, a cosine LR schedule with warm-up and an EMA, all of
 # which must live inside the compiled step and survive a resume exactly.
@@ -40,7 +40,7 @@ def test_compiled_step_resumes_bit_identically(home: Path) -> None:
     assert report["whole_step"] is True and report["graph_breaks"] == 0 and report["graphs"] >= 1, report
     assert "training step: one compiled program" in (runs / "straight" / "train.log").read_text()
 
-    killed = run_cli(_args("killed"), home, timeout=1500, env={"NEURACORE_DEBUG_KILL_AT_STEP": "4"})
+    killed = run_cli(_args("killed"), home, timeout=1500, env=fault_env(kill_after_step=4))
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
     resumed = run_cli(_args("killed") + ["resume_checkpoint_path=auto"], home, timeout=1500)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

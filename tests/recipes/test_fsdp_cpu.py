@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from tests.conftest import REPO, run_group
+from tests.conftest import REPO, fault_env, run_group
 
 PI0_TINY = ["algorithm=pi0_tiny", "dataset_name=demo", "batch_size=4", "num_workers=0", "max_steps=4",
             "checkpoint_frequency=2", "logging_frequency=2", "training.log_images=false"]
@@ -45,7 +45,7 @@ def test_fsdp_config_shards_on_two_cpu_ranks_resumes_exactly_and_exports_one_fil
     assert not (ckpt / "model.safetensors").exists()
     assert json.loads((ckpt / "trainer_state.json").read_text())["world_size"] == 2
 
-    killed = _launch(home, ["training_name=killed"], {"NEURACORE_DEBUG_KILL_AT_STEP": "3"})
+    killed = _launch(home, ["training_name=killed"], fault_env(kill_after_step=3))
     assert killed.returncode != 0
     assert sorted(p.name for p in (runs / "killed" / "checkpoints").iterdir()) == ["checkpoint_2"]
     resumed = _launch(home, ["training_name=killed", "resume_checkpoint_path=auto"])

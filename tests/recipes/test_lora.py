@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from neuracore.ml.algorithms.pi05 import Pi05
 from neuracore.ml.core import build_model
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, fault_env, run_cli
 from tests.ml.algorithms.pi0_helpers import make_tokenizer
 from tests.ml.algorithms.test_pi05 import pi05_data
 from tests.ml.algorithms.test_pi05_weights import OPENPI, checkpoint
@@ -94,7 +94,7 @@ def test_lora_with_ema_resumes_bit_identically_and_the_adapter_export_predicts_t
     args = CLI + base + ["max_steps=6", "ema.decay=0.9"]
     straight = run_cli(args + ["training_name=straight"], home)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    killed = run_cli(args + ["training_name=killed"], home, env={"NEURACORE_DEBUG_KILL_AT_STEP": "5"})
+    killed = run_cli(args + ["training_name=killed"], home, env=fault_env(kill_after_step=5))
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = run_cli(args + ["training_name=killed", "resume_checkpoint_path=auto"], home)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -9,7 +9,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import fault_env, run_cli
 
 TINY_DP = [
     "algorithm=diffusion_policy", "dataset_name=demo", "batch_size=4", "output_prediction_horizon=8",
@@ -30,7 +30,7 @@ def test_sigkill_then_resume_restores_the_ema_exactly(home: Path) -> None:
     straight = run_cli(TINY_DP + ["training_name=straight"], home)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed = run_cli(TINY_DP + ["training_name=killed"], home, env={"NEURACORE_DEBUG_KILL_AT_STEP": "5"})
+    killed = run_cli(TINY_DP + ["training_name=killed"], home, env=fault_env(kill_after_step=5))
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
     ckpt = _run(home, "killed") / "checkpoints" / "checkpoint_3"
     with safe_open(str(ckpt / "algorithm_state.safetensors"), framework="np") as f:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.conftest import FAST, run_cli, run_group
+from tests.conftest import FAST, fault_env, run_cli, run_group
 
 
 def _runs(home: Path) -> Path:
@@ -103,7 +103,7 @@ def test_sigkill_then_resume_auto_gives_identical_weights(home: Path) -> None:
     straight = run_cli(_resume_args("straight"), home)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    killed = run_cli(_resume_args("killed"), home, env={"NEURACORE_DEBUG_KILL_AT_STEP": "5"})
+    killed = run_cli(_resume_args("killed"), home, env=fault_env(kill_after_step=5))
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
     run = _runs(home) / "killed"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint_3"]

@@ -12,7 +12,6 @@ can be seen.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from neuracore.ml.core.errors import ConfigError
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from neuracore.ml.datasets.format import open_dataset
     from neuracore.ml.train import CONFIG_DIR
     from neuracore.ml.trainers.accelerator import make_accelerator, start_distributed
-    from neuracore.ml.trainers.autotune import FAKE_OOM_ENV, autotune_batch_size
+    from neuracore.ml.trainers.autotune import autotune_batch_size
     from neuracore.ml.trainers.batch_plan import _batch_maker
     from neuracore.ml.trainers.data import build_data
 
@@ -46,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
     if not any(o.startswith("algorithm=") for o in overrides):
         raise ConfigError("autotune: give algorithm=<name> (e.g. algorithm=cnnmlp)")
     config = validate_config(compose_config(overrides + ["num_workers=0"], CONFIG_DIR))
-    if args.simulate_limit is not None:
-        os.environ[FAKE_OOM_ENV] = f"0:{args.simulate_limit}"
     import tempfile
     from pathlib import Path
 
@@ -62,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     make_batch = _batch_maker(data, accelerator, config.seed)
     common = {"cap": cap, "max_grad_norm": config.training.max_grad_norm, "memory_margin": config.autotune.memory_margin,
                   "cpu_max_step_seconds": config.autotune.cpu_max_step_seconds,
-                  "cpu_time_budget_s": config.autotune.cpu_time_budget_s}
+                  "cpu_time_budget_s": config.autotune.cpu_time_budget_s, "simulated_limit": args.simulate_limit}
     result = autotune_batch_size(accelerator, model, optimizers, make_batch, strategy=args.strategy, **common)
     print(f"device {accelerator.device}, world size {state.num_processes}, strategy {args.strategy}, cap {cap}")
     for probe in result.probes:

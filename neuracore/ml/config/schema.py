@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
 import numbers
 import typing
 from dataclasses import dataclass, field, fields
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from neuracore.ml.core.errors import ConfigError, one_line
+from neuracore.ml.core.hyperparameters import check_hyperparameters
 from neuracore.ml.core.model import NeuracoreModel
 from neuracore.ml.core.registry import get_algorithm, register_algorithm, registered_algorithms
 from neuracore.ml.core.relative_actions import parse_pairs
@@ -179,6 +181,8 @@ def _check(key: str, value: Any, annotation: Any) -> Any:
         raise ConfigError(f"{key}={value!r}: expected an integer")
     if annotation is float:
         if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}={value!r}: expected a finite number")
             return float(value)
         raise ConfigError(f"{key}={value!r}: expected a number")
     if annotation is str:
@@ -206,6 +210,11 @@ def _positive(key: str, value: int | None, minimum: int = 1) -> None:
         raise ConfigError(f"{key}={value}: must be >= {minimum}")
 
 
+def _at_most(key: str, value: int | None, maximum: int) -> None:
+    if value is not None and value > maximum:
+        raise ConfigError(f"{key}={value}: must be <= {maximum}")
+
+
 def resolve_algorithm(node: Any) -> AlgorithmChoice:
     """Find the algorithm class of the `algorithm` group and check its hyper-parameters."""
     if not node:
@@ -231,6 +240,7 @@ def resolve_algorithm(node: Any) -> AlgorithmChoice:
                 f"valid: {', '.join(sorted(valid))}"
             )
         hyper[key] = _check(f"algorithm.{key}", value, annotations.get(key, Any))
+    check_hyperparameters(cls, hyper)
     return AlgorithmChoice(name=name, cls=cls, hyperparameters=hyper)
 
 
@@ -303,6 +313,15 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     _positive("max_steps", values.get("max_steps"))
     _positive("effective_batch_size", values.get("effective_batch_size"))
     _positive("num_workers", values.get("num_workers"), 0)
+    _at_most("num_workers", values.get("num_workers"), 512)
+    seed = values.get("seed", 0)
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed}: must be in [0, 2**32 - 1] (what numpy and torch seeding accept)")
+    _at_most("output_prediction_horizon", values.get("output_prediction_horizon"), 100_000)
+    _at_most("gradient_accumulation_steps", values.get("gradient_accumulation_steps"), 1 << 20)
+    if isinstance(values.get("batch_size"), int):
+        _at_most("batch_size", values["batch_size"], 1 << 20)
+    _at_most("effective_batch_size", values.get("effective_batch_size"), 1 << 24)
     split = values.get("validation_split", 0.2)
     if not 0.0 <= split < 1.0:
         raise ConfigError(f"validation_split={split}: must be in [0, 1)")
@@ -319,12 +338,17 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
             DataType.parse(dt, key)
     training = _section("training", cfg.get("training"), LoopOptions)
     _positive("training.validation_frequency", training.validation_frequency)
+    if training.max_grad_norm is not None and training.max_grad_norm <= 0:
+        raise ConfigError(f"training.max_grad_norm={training.max_grad_norm}: must be > 0 (or null: no clipping)")
     loader = _section("dataset", cfg.get("dataset"), LoaderOptions)
     _positive("dataset.prefetch_factor", loader.prefetch_factor)
     autotune = _section("autotune", cfg.get("autotune"), AutotuneOptions)
     _positive("autotune.max_batch_size", autotune.max_batch_size)
     if not 0.0 <= autotune.memory_margin < 1.0:
         raise ConfigError(f"autotune.memory_margin={autotune.memory_margin}: must be in [0, 1)")
+    for key in ("cpu_max_step_seconds", "cpu_time_budget_s"):
+        if getattr(autotune, key) <= 0:
+            raise ConfigError(f"autotune.{key}={getattr(autotune, key)}: must be > 0")
     monitor = _section("memory_monitor", cfg.get("memory_monitor"), MemoryMonitorOptions)
     _positive("memory_monitor.check_interval", monitor.check_interval)
     for key in ("gpu_fraction", "host_fraction"):

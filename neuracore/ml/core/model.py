@@ -189,6 +189,9 @@ def build_model(
             f"algorithm.{hints[0].split(' ')[0]}: unknown hyper-parameter {', '.join(hints)} for "
             f"{cls.algorithm_name or cls.__name__}; valid: {', '.join(sorted(valid))}"
         )
+    from neuracore.ml.core.hyperparameters import check_hyperparameters
+
+    check_hyperparameters(cls, hyperparameters)  # ranges: before anything is allocated
     model = cls(mid, **hyperparameters)
     model.hyperparameters = {**valid, **hyperparameters}
     return model

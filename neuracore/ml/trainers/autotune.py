@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -32,10 +31,6 @@ from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.trainers.accelerator import core_model
 
 logger = logging.getLogger(__name__)
-
-# Fault injection for tests: "RANK:SIZE" makes probes of more than SIZE samples fail on that rank.
-FAKE_OOM_ENV = "NEURACORE_DEBUG_OOM_ABOVE"
-
 
 class ProbeOutOfMemory(RuntimeError):
     """A probe did not fit on some rank (message matches accelerate's out-of-memory detection)."""
@@ -98,14 +93,6 @@ class BatchSizeSearch:
         return 0 if nxt is None and self.best == 0 else (nxt if nxt is not None else self.best)
 
 
-def _fake_oom_limit(rank: int) -> int | None:
-    spec = os.environ.get(FAKE_OOM_ENV, "")
-    if not spec:
-        return None
-    target, _, size = spec.partition(":")
-    return int(size) if int(target) == rank else None
-
-
 def _snapshot(model: torch.nn.Module, optimizers: list[Any]) -> dict[str, Any]:
     state = {
         "model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
@@ -143,16 +130,18 @@ def autotune_batch_size(
     cpu_time_budget_s: float = 60.0,
     strategy: str = "auto",
     start: int | None = None,
+    simulated_limit: int | None = None,
 ) -> AutotuneResult:
     """Find the per-device batch size with real training steps on real batches (see module doc).
 
     Model weights, optimizer state and RNG states are restored afterwards, so the run that follows
-    is the same as with a fixed batch size.
+    is the same as with a fixed batch size. `simulated_limit` makes probes above that many samples
+    fail as if out of memory (`tools/benchmark.py autotune --simulate-limit`).
     """
     started = time.perf_counter()
     device = accelerator.device
     on_gpu = device.type in ("cuda", "xpu")
-    fake_limit = _fake_oom_limit(accelerator.process_index)
+    fake_limit = simulated_limit
     limit = None
     if device.type == "cuda":
         limit = int(torch.cuda.get_device_properties(device).total_memory * (1.0 - memory_margin))

@@ -16,6 +16,7 @@ from neuracore.ml.trainers.autotune import autotune_batch_size, plan_effective_b
 from neuracore.ml.trainers.checkpoint import TrainerState
 from neuracore.ml.trainers.data import DataBundle, EpochSampler
 from neuracore.ml.trainers.prefetch import to_device
+from neuracore.ml.utils.atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -95,4 +96,4 @@ def write_resolved_config(
     resolved["gradient_accumulation_steps"] = accumulation
     resolved["world_size"] = accelerator.num_processes
     text = "# The configuration this run used (batch_size=auto resolved).\n" + yaml.safe_dump(resolved, sort_keys=False)
-    (run_dir / RESOLVED_CONFIG).write_text(text)
+    write_text_atomic(run_dir / RESOLVED_CONFIG, text)  # a resumed run replaces it: never half a file

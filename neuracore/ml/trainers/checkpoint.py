@@ -20,6 +20,7 @@ from torch import nn
 
 from neuracore.ml.core.errors import CheckpointError, one_line
 from neuracore.ml.trainers.rng_state import load_rng_state, rng_file, save_rng_state
+from neuracore.ml.utils.atomic import recover_replace, remove_dir, replace_dir, sweep_deleted
 from neuracore.ml.utils.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -66,20 +67,15 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     root = checkpoints_dir(run_dir)
     if not root.is_dir():
         return []
+    sweep_deleted(root)  # rotations killed halfway
+    for aside in root.glob(".checkpoint_*.replaced"):  # re-saves killed between two renames
+        recover_replace(root / aside.name[1:-len(".replaced")], STATE_FILE)
     found = []
     for path in root.iterdir():
         match = _CHECKPOINT.match(path.name)
         if match and (path / STATE_FILE).is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _algorithm_state(
@@ -126,15 +122,8 @@ def save_checkpoint(
             save_file(extra_tensors, str(tmp / ALGORITHM_STATE_FILE), metadata=extra_metadata)
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=1))
         write_manifest(tmp)  # hashes and fsyncs every file, then the manifest itself
-        old = None
-        if final.exists():  # re-saving a step (after a resume): keep the old copy until the new one is in
-            old = root / f".old_checkpoint_{state.step}"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # re-saving a step (after a resume) swaps the folders in one step: never no checkpoint under the name
+        replace_dir(tmp, final)
         rotate_checkpoints(run_dir, keep_last_n)
         logger.info("saved checkpoint %s", final)
     accelerator.wait_for_everyone()
@@ -189,8 +178,8 @@ def rotate_checkpoints(run_dir: Path, keep_last_n: int) -> list[Path]:
     """Delete all but the `keep_last_n` highest-step checkpoints; returns what was deleted."""
     found = list_checkpoints(run_dir)
     doomed = [path for _, path in found[: max(len(found) - keep_last_n, 0)]]
-    for path in doomed:
-        shutil.rmtree(path, ignore_errors=True)
+    for path in doomed:  # renamed away in one step first: never a half-deleted checkpoint under its name
+        remove_dir(path)
     return doomed
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import sys
 import time
@@ -28,10 +27,6 @@ from neuracore.ml.trainers.tracking import log_image_grid, log_scalars
 from neuracore.ml.utils.memory import gpu_memory_bytes, process_tree_rss_bytes
 
 logger = logging.getLogger(__name__)
-
-# Fault injection for the resume tests: the process SIGKILLs itself when it reaches this step.
-KILL_AT_STEP_ENV = "NEURACORE_DEBUG_KILL_AT_STEP"
-
 
 @dataclass
 class LoopParts:
@@ -193,7 +188,6 @@ def fit(
     """Train until `parts.total_steps` optimizer steps; validate, log and checkpoint on the way."""
     model = parts.model
     model.train()
-    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
     validation_every = config.training.validation_frequency
     interactive = sys.stderr.isatty()
     progress = tqdm(total=parts.total_steps, initial=state.step, disable=not accelerator.is_main_process,
@@ -291,8 +285,6 @@ def fit(
                         _stop_for_preemption(accelerator, run_dir, state, config, core, guard, preemption,
                                              saved=checkpointing)
                     window.paused += time.perf_counter() - paused
-                    if kill_at and state.step >= kill_at:
-                        os.kill(os.getpid(), signal.SIGKILL)
                     synced = dataclasses.replace(state)
                     if done:
                         break

@@ -12,7 +12,7 @@ from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType
 
 from neuracore.ml.config.schema import TrainConfig
-from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.errors import ConfigError, one_line
 from neuracore.ml.export.model_folder import export_model
 from neuracore.ml.trainers.accelerator import core_model
 from neuracore.ml.trainers.checkpoint import TrainerState, list_checkpoints
@@ -27,7 +27,12 @@ def prepare_run_folder(run_dir: Path, config: TrainConfig, state: PartialState) 
                 f"training_name: run folder {run_dir} already has checkpoints; resume it with "
                 "resume_checkpoint_path=auto or choose another training_name"
             )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            key = "local_output_dir" if config.local_output_dir else "training_name"
+            raise ConfigError(f"{key}: cannot create the run folder {run_dir} ({exc.strerror or one_line(exc)}); "
+                              "choose a writable place (local_output_dir=...)") from None
     state.wait_for_everyone()
 
 
