@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +51,7 @@ from neuracore.ml.storage.names import (
     looks_like_repo,
     parse_repo,
 )
+from neuracore.ml.utils.atomic import replace_dir
 from neuracore.ml.utils.hashing import sha256_file, sha256_stream
 from neuracore.ml.utils.paths import neuracore_home
 
@@ -489,15 +489,17 @@ class Hub:
                     )
             (tmp / REVISION_MARKER).write_text(
                 json.dumps({"repo": ref.repo, "revision": revision.id, "storage": self.store.describe()}, indent=1))
-            aside = _move_aside(dest) if replace else None
-            try:
-                os.replace(tmp, dest)
-            except OSError:
-                if not dest.is_dir():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same revision first
-            if aside is not None:
-                shutil.rmtree(aside, ignore_errors=True)
+            if replace and dest.is_dir() and not dest.is_symlink():
+                replace_dir(tmp, dest)  # the damaged copy swapped out in one step
+            else:
+                if replace:
+                    dest.unlink(missing_ok=True)  # a file or symlink where the folder belongs
+                try:
+                    os.replace(tmp, dest)
+                except OSError:
+                    if not dest.is_dir():
+                        raise
+                    shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same revision first
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise _local_error(exc, dest) from None
@@ -565,18 +567,6 @@ def _local_error(exc: OSError, dest: Path) -> StorageError:
     if isinstance(exc, (FileExistsError, NotADirectoryError)):
         what = f"{what}: a file is where a folder is expected"
     return StorageError(f"{where}: {what} (writing the local copy {dest}); nothing was left behind")
-
-
-def _move_aside(dest: Path) -> Path | None:
-    """Clear `dest` for a fresh copy: a file or symlink is removed, a folder renamed to a hidden name (returned)."""
-    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
-        dest.unlink()
-        return None
-    if not dest.exists():
-        return None
-    aside = dest.with_name(f".{dest.name}.damaged-{uuid.uuid4().hex[:8]}")
-    os.rename(dest, aside)
-    return aside
 
 
 def folder_problem(folder: Path, revision: Revision) -> str | None:
