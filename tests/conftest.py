@@ -63,11 +63,13 @@ def run_group(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path = R
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def fault_env(kill_after_step: int | None = None, oom_above: str | None = None) -> dict[str, str]:
+def fault_env(kill_after_step: int | None = None, oom_above: str | None = None,
+              record_samples: Path | None = None) -> dict[str, str]:
     """Environment that arms tests/fault_injection/sitecustomize.py in a child process (every rank).
 
     `kill_after_step=N`: SIGKILL once step N is complete; `oom_above="RANK:SIZE"`: batch-size probes
-    above SIZE fail on that rank as if out of memory.
+    above SIZE fail on that rank as if out of memory; `record_samples=DIR`: the windows each rank
+    reads are listed in `DIR/samples-<rank>.txt`.
     """
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests" / "fault_injection"),
                                                        os.environ.get("PYTHONPATH")]))}
@@ -75,6 +77,8 @@ def fault_env(kill_after_step: int | None = None, oom_above: str | None = None) 
         env["NEURACORE_TEST_KILL_AFTER_STEP"] = str(kill_after_step)
     if oom_above is not None:
         env["NEURACORE_TEST_OOM_ABOVE"] = oom_above
+    if record_samples is not None:
+        env["NEURACORE_TEST_RECORD_SAMPLES"] = str(record_samples)
     return env
 
 

@@ -113,7 +113,8 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
             world_size=accelerator.num_processes,
             batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
-            extra={"lora": lora.record() if lora else None,
+            extra={"seed": config.seed,  # the data order depends on it: a resume keeps it
+                   "lora": lora.record() if lora else None,
                    "relative_actions": pairs_to_json(relative) if (relative := data.model_init.relative_actions)
                    else None},
         )
@@ -122,7 +123,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
             logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_path, trainer_state.step,
                         trainer_state.epoch, trainer_state.batches_in_epoch)
 
-        start_tracking(accelerator, config.raw)
+        start_tracking(accelerator, config, run_dir)
         accelerator.log({"model/num_parameters": float(total_params), "model/trainable_parameters": float(trainable)},
                         step=trainer_state.step)
         step = build_step(accelerator, model, optimizers, config.training.max_grad_norm, config.compile,

@@ -8,6 +8,8 @@ trainer before `neuracore.ml.train` imports it:
   (its checkpoint, if one is due, written): at the first memory-monitor check of step N + 1.
 - `NEURACORE_TEST_OOM_ABOVE=RANK:SIZE`: on that rank, batch-size probes above SIZE samples fail as if
   out of memory (the autotuner's `simulated_limit`).
+- `NEURACORE_TEST_RECORD_SAMPLES=DIR`: every window read (`WindowDataset.__getitem__`, num_workers=0)
+  is appended as `<dataset length> <index>` to `DIR/samples-<rank>.txt` (which samples a run saw).
 """
 
 import os
@@ -15,6 +17,7 @@ import signal
 
 _KILL_AFTER = os.environ.get("NEURACORE_TEST_KILL_AFTER_STEP")
 _OOM_ABOVE = os.environ.get("NEURACORE_TEST_OOM_ABOVE")
+_RECORD = os.environ.get("NEURACORE_TEST_RECORD_SAMPLES")
 
 
 def _rank() -> int:
@@ -48,3 +51,15 @@ if _OOM_ABOVE:
         return _tune(*args, **kwargs)
 
     autotune.autotune_batch_size = _tune_with_limit
+
+if _RECORD:
+    from neuracore.ml.datasets import windows
+
+    _getitem = windows.WindowDataset.__getitem__
+
+    def _recorded_getitem(self, index):  # type: ignore[no-untyped-def]
+        with open(os.path.join(_RECORD, f"samples-{_rank()}.txt"), "a") as f:
+            f.write(f"{len(self)} {int(index)}\n")
+        return _getitem(self, index)
+
+    windows.WindowDataset.__getitem__ = _recorded_getitem

@@ -15,6 +15,7 @@ from neuracore.ml.datasets.encoded import collate
 from neuracore.ml.trainers.autotune import autotune_batch_size, plan_effective_batch
 from neuracore.ml.trainers.checkpoint import TrainerState
 from neuracore.ml.trainers.data import DataBundle, EpochSampler
+from neuracore.ml.trainers.elastic import plan_resume_batch
 from neuracore.ml.trainers.prefetch import to_device
 from neuracore.ml.utils.atomic import write_text_atomic
 
@@ -39,10 +40,13 @@ def decide_batch_size(
     """
     if resume_path is not None:
         saved = TrainerState.read(resume_path)
-        if saved.batch_size:
+        if saved.batch_size:  # the checkpoint's global batch is kept, on any number of processes
+            batch_size, accumulation = plan_resume_batch(
+                saved, accelerator.num_processes, config.batch_size, config.effective_batch_size,
+                f"resume_checkpoint_path={str(resume_path)!r}")
             logger.info("batch size %d x %d accumulation from the checkpoint (no probing on resume)",
-                        saved.batch_size, saved.gradient_accumulation_steps)
-            return saved.batch_size, saved.gradient_accumulation_steps
+                        batch_size, accumulation)
+            return batch_size, accumulation
     processes = accelerator.num_processes
     per_rank_windows = max(len(data.train) // processes, 1)
     if config.batch_size == "auto":

@@ -225,14 +225,17 @@ def load_checkpoint(
         if key != "lora" and have != want:
             raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: the checkpoint was trained with {key}="
                                   f"{json.dumps(have)}, this run has {json.dumps(want)}; resume with the same {key}")
-    if state.world_size != expected.world_size:
-        raise CheckpointError(
-            f"resume_checkpoint_path={str(path)!r}: saved with {state.world_size} processes, resuming with "
-            f"{expected.world_size}; exact resume needs the same number"
-        )
+    from neuracore.ml.trainers import elastic
+
+    where = f"resume_checkpoint_path={str(path)!r}"
     sharded = accelerator.distributed_type == DistributedType.FSDP  # sharded state is saved as folders
+    changed = elastic.is_elastic(state, expected.world_size, expected.batch_size, expected.gradient_accumulation_steps)
+    if changed and sharded and state.world_size != expected.world_size:
+        raise CheckpointError(f"{where}: an FSDP checkpoint is sharded over {state.world_size} processes; resume "
+                              f"it on {state.world_size} (this run has {expected.world_size})")
     needed = ["pytorch_model_fsdp_0", "optimizer_0"] if sharded else ["model.safetensors", "optimizer.bin"]
-    needed.append(rng_file(Path(), accelerator.process_index).name)
+    if not changed:  # an elastic resume re-seeds instead (trainers/elastic.py)
+        needed.append(rng_file(Path(), accelerator.process_index).name)
     missing = [n for n in needed if not (path / n).exists()]
     if missing:
         raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: incomplete checkpoint, missing {', '.join(missing)}")
@@ -240,10 +243,15 @@ def load_checkpoint(
         accelerator.load_state(str(path))
     except Exception as exc:  # noqa: BLE001 - any failure is fatal for a resume
         raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: cannot load ({one_line(exc)})") from None
-    try:  # after accelerate's own (absent) RNG file: the generators and its micro-step counter, strictly
-        accelerator.step = load_rng_state(rng_file(path, accelerator.process_index))
-    except ValueError as exc:
-        raise CheckpointError(f"resume_checkpoint_path={str(path)!r}: {exc}") from None
+    if changed:  # another world size or per-device batch: position in samples, fresh accumulation cycle
+        state = elastic.convert_position(state, expected, where)
+        elastic.reseed(int(expected.extra.get("seed", 0) or 0), state.step, accelerator.process_index)
+        accelerator.step = 0
+    else:
+        try:  # after accelerate's own (absent) RNG file: the generators and its micro-step counter, strictly
+            accelerator.step = load_rng_state(rng_file(path, accelerator.process_index))
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
     if model is not None and hasattr(model, "load_checkpoint_state"):
         extra = path / ALGORITHM_STATE_FILE
         try:

@@ -90,8 +90,29 @@ def test_load_restores_weights_and_checks_compatibility(tmp_path: Path, accelera
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
     with pytest.raises(CheckpointError, match="dataset_fingerprint"):
         load_checkpoint(accelerator, path, TrainerState(algorithm="cnnmlp", dataset_fingerprint="other"))
-    with pytest.raises(CheckpointError, match="saved with 1 processes, resuming with 2"):
+    with pytest.raises(CheckpointError, match="saved with 1 processes, resuming with 2, and the checkpoint does not "
+                       "record its batch size"):
         load_checkpoint(accelerator, path, TrainerState(algorithm="cnnmlp", world_size=2))
     (path / "optimizer.bin").unlink()
     with pytest.raises(CheckpointError, match="optimizer.bin is missing"):
         load_checkpoint(accelerator, path, TrainerState(algorithm="cnnmlp"))
+
+
+def test_elastic_resume_keeps_the_sample_position_and_refuses_what_it_cannot_keep() -> None:
+    from neuracore.ml.core.errors import ConfigError
+    from neuracore.ml.trainers.elastic import convert_position, plan_resume_batch
+
+    saved = TrainerState(step=3, epoch=2, batches_in_epoch=6, world_size=2, batch_size=4, gradient_accumulation_steps=2)
+    assert plan_resume_batch(saved, 1, "auto", None, "here") == (4, 4)  # global batch 16 kept on one process
+    assert plan_resume_batch(saved, 1, 16, None, "here") == (16, 1)
+    assert plan_resume_batch(saved, 2, "auto", None, "here") == (4, 2)  # unchanged
+    assert plan_resume_batch(saved, 4, 8, 16, "here") == (4, 1)
+    with pytest.raises(ConfigError, match="effective_batch_size=32: here was trained with a global batch of 16"):
+        plan_resume_batch(saved, 1, "auto", 32, "here")
+    with pytest.raises(ConfigError, match="cannot be split over 3 processes"):
+        plan_resume_batch(saved, 3, "auto", None, "here")
+    moved = convert_position(saved, TrainerState(world_size=1, batch_size=16, gradient_accumulation_steps=1), "here")
+    assert (moved.step, moved.epoch, moved.batches_in_epoch) == (3, 2, 3)  # 48 samples = 3 batches of 16
+    assert (moved.world_size, moved.batch_size, moved.gradient_accumulation_steps) == (1, 16, 1)
+    with pytest.raises(CheckpointError, match="48 samples into epoch 2, which is not a whole number of batches of 5"):
+        convert_position(saved, TrainerState(world_size=2, batch_size=5), "here")
