@@ -19,10 +19,11 @@ import sys
 import time
 from typing import Any
 
-from neuracore.ml.core.errors import NeuracoreError, one_line
+from neuracore.ml.core.errors import run_cli
 from neuracore.ml.datasets import api
 from neuracore.ml.datasets.format import IMAGE_ENCODINGS
 from neuracore.ml.datasets.importers import IMPORTERS
+from neuracore.ml.utils.paths import check_name
 
 
 def _add_import(sub: Any) -> None:
@@ -108,53 +109,52 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help="storage URL")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        if args.command == "import":
-            start = time.perf_counter()
-            path = api.import_dataset(
-                args.kind, args.path, args.name, frequency=args.frequency, mapping=args.mapping, robot=args.robot,
-                language=args.language, max_delay_s=args.max_delay_s, skip_bad_episodes=args.skip_bad_episodes,
-                image_encoding=args.image_encoding, workers=args.workers, overwrite=args.overwrite, progress=True,
-            )
-            info = api.dataset_info(args.name)
-            seconds = time.perf_counter() - start
-            print(f"imported {args.name!r}: {info['episodes']} episodes, {info['frames']} frames in {seconds:.1f} s "
-                  f"({info['frames'] / seconds:.0f} frames/s) at {path}")
-            for s in info["source"].get("skipped_episodes", []):
-                print(f"skipped: {s['error']}")
-        elif args.command == "list":
-            for name in api.list_datasets():
-                print(name)
-        elif args.command == "info":
-            info = api.dataset_info(args.name)
-            print(json.dumps(info, indent=1)) if args.json else _print_info(info)
-        elif args.command == "show":
-            shown = api.show_frame(args.name, args.episode, args.frame)
-            print(json.dumps(shown, indent=1)) if args.json else _print_frame(shown)
-        elif args.command == "verify":
-            result = api.verify_dataset(args.name)
-            print(f"{args.name}: ok ({result['episodes']} episodes, {result['frames']} frames, "
-                  f"{result['columns']} columns, fingerprint {result['fingerprint'][:12]})")
-        elif args.command == "delete":
-            print(f"deleted {api.delete_dataset(args.name)}")
-        elif args.command == "push":
-            from neuracore.ml.storage import push_dataset
+    return run_cli("dataset", _run, args)
 
-            result = push_dataset(args.name, args.repo, message=args.message, tag=args.revision,
-                                  storage_url=args.storage)
-            print(f"pushed {args.name!r} to {result.repo}@{result.revision[:12]} (branch {result.branch})")
-        elif args.command == "pull":
-            from neuracore.ml.storage import pull_dataset
 
-            path = pull_dataset(args.spec, local_name=args.name, storage_url=args.storage)
-            print(f"pulled {args.spec} to {path} (dataset_name={path.name})")
-    except NeuracoreError as exc:
-        print(f"dataset: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # permission denied, a file where a folder is expected, a full disk: one line
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"dataset: error: {where}{exc.strerror or one_line(exc)}", file=sys.stderr)
-        return 2
+def _run(args: argparse.Namespace) -> int:
+    """The chosen subcommand (errors are reported by `run_cli`)."""
+    if args.command == "import":
+        start = time.perf_counter()
+        path = api.import_dataset(
+            args.kind, args.path, args.name, frequency=args.frequency, mapping=args.mapping, robot=args.robot,
+            language=args.language, max_delay_s=args.max_delay_s, skip_bad_episodes=args.skip_bad_episodes,
+            image_encoding=args.image_encoding, workers=args.workers, overwrite=args.overwrite, progress=True,
+        )
+        info = api.dataset_info(args.name)
+        seconds = time.perf_counter() - start
+        print(f"imported {args.name!r}: {info['episodes']} episodes, {info['frames']} frames in {seconds:.1f} s "
+              f"({info['frames'] / seconds:.0f} frames/s) at {path}")
+        for s in info["source"].get("skipped_episodes", []):
+            print(f"skipped: {s['error']}")
+    elif args.command == "list":
+        for name in api.list_datasets():
+            print(name)
+    elif args.command == "info":
+        info = api.dataset_info(args.name)
+        print(json.dumps(info, indent=1)) if args.json else _print_info(info)
+    elif args.command == "show":
+        shown = api.show_frame(args.name, args.episode, args.frame)
+        print(json.dumps(shown, indent=1)) if args.json else _print_frame(shown)
+    elif args.command == "verify":
+        result = api.verify_dataset(args.name)
+        print(f"{args.name}: ok ({result['episodes']} episodes, {result['frames']} frames, "
+              f"{result['columns']} columns, fingerprint {result['fingerprint'][:12]})")
+    elif args.command == "delete":
+        print(f"deleted {api.delete_dataset(args.name)}")
+    elif args.command == "push":
+        from neuracore.ml.storage import push_dataset
+
+        result = push_dataset(args.name, args.repo, message=args.message, tag=args.revision,
+                              storage_url=args.storage)
+        print(f"pushed {args.name!r} to {result.repo}@{result.revision[:12]} (branch {result.branch})")
+    elif args.command == "pull":
+        from neuracore.ml.storage import pull_dataset
+
+        if args.name is not None:  # refused before storage is contacted
+            check_name(args.name, "--name")
+        path = pull_dataset(args.spec, local_name=args.name, storage_url=args.storage)
+        print(f"pulled {args.spec} to {path} (dataset_name={path.name})")
     return 0
 
 

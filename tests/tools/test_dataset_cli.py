@@ -44,7 +44,7 @@ def test_cli_round_trip(home: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     result = _tool(["import", "lerobot", str(tmp_path / "lr"), "--name", "lr", "--workers", "2"], home)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "imported 'lr': 2 episodes, 15 frames" in result.stdout and "frames/s" in result.stdout
-    assert "100%" in result.stderr  # progress bar
+    assert "100%" not in result.stderr  # the progress bar is drawn on a terminal only, not into logs
 
     assert _run(["list"], capsys)[1].split() == ["demo", "lr"]
 
@@ -149,7 +149,7 @@ def test_dataset_push_pull_and_train_by_repo_name(home):
 
     env = {**__import__("os").environ, "NEURACORE_HOME": str(home)}
     push = subprocess.run([sys.executable, "tools/dataset.py", "push", "demo", "--repo", "team/cubes",
-                           "--revision", "v1"], cwd=REPO, env=env, capture_output=True, text=True)
+                           "--revision", "v1"], cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert push.returncode == 0, push.stderr
     assert "pushed 'demo' to team/cubes@" in push.stdout
     args = [a for a in FAST if not a.startswith("dataset_name=")]
@@ -163,5 +163,5 @@ def test_dataset_push_pull_and_train_by_repo_name(home):
     original = json.loads((home / "datasets" / "demo" / "spec.json").read_text())
     assert json.loads(local.read_text())["fingerprint"] == original["fingerprint"]
     pull = subprocess.run([sys.executable, "tools/dataset.py", "pull", "team/cubes@v1", "--name", "copy"], cwd=REPO,
-                          env=env, capture_output=True, text=True)
+                          env=env, capture_output=True, text=True, check=False)
     assert pull.returncode == 0 and "dataset_name=copy" in pull.stdout

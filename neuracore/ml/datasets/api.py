@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from neuracore.ml.datasets.format import (
     open_dataset,
 )
 from neuracore.ml.datasets.importers import import_dataset
+from neuracore.ml.utils import atomic
 
 _VERIFY_ROWS = 1024  # rows per verification batch: bounded memory on any dataset size
 
@@ -153,14 +153,7 @@ def delete_dataset(name: str, root: Path | None = None) -> Path:
     if not (path / SPEC_FILE).is_file():
         raise DatasetError(f"dataset {name!r}: not found under {path.parent}; "
                            f"available: {', '.join(available_datasets(root)) or 'none'}")
-    trash = path.parent / f".{name}.deleting"
-    if trash.exists():
-        shutil.rmtree(trash)
-    path.rename(trash)
-    if trash.is_symlink():  # a linked dataset: remove the link, not what it points to
-        trash.unlink()
-    else:
-        shutil.rmtree(trash)
+    atomic.remove_dir(path)  # a linked dataset: the link goes, not what it points to
     return path
 
 

@@ -6,7 +6,9 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pyarrow as pa
 
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import DatasetError, one_line
+from neuracore.ml.utils import atomic
 from neuracore.ml.utils.hashing import update_with_file
 from neuracore.ml.utils.paths import check_name, datasets_root
 
@@ -41,19 +44,27 @@ def encode_image(image: Any, encoding: str) -> bytes:
 
 
 def decode_images(frames: list[bytes], shape: list[int], where: str) -> Any:
-    """Encoded frames → `[N, H, W, C]` uint8 (Pillow's C decoder; never per pixel in Python)."""
+    """Encoded frames → `[N, H, W, C]` uint8 (Pillow's C decoder; never per pixel in Python).
+
+    Each frame's size is read from its header and checked before its pixels are decoded, so a
+    frame claiming to be 30000x30000 (a decompression bomb) costs nothing but a one-line error.
+    """
     import io
 
     import numpy as np
     from PIL import Image
 
     out = np.empty((len(frames), *shape), np.uint8)
+    height, width = shape[0], shape[1]
     for i, data in enumerate(frames):
         try:
             with Image.open(io.BytesIO(data)) as img:
+                if img.size != (width, height):
+                    raise DatasetError(f"{where}: frame {i} is {img.size[1]}x{img.size[0]} pixels, expected "
+                                       f"{height}x{width} ({list(shape)})")
                 arr = np.asarray(img.convert("RGB" if shape[-1] == 3 else "L"))
-        except (OSError, TypeError) as exc:
-            raise DatasetError(f"{where}: frame {i} cannot be decoded ({exc})") from None
+        except (OSError, TypeError, ValueError, Image.DecompressionBombError) as exc:
+            raise DatasetError(f"{where}: frame {i} cannot be decoded ({one_line(exc)})") from None
         if arr.size != out[i].size:
             raise DatasetError(f"{where}: frame {i} decodes to shape {list(arr.shape)}, expected {list(shape)}")
         out[i] = arr.reshape(shape)
@@ -162,83 +173,48 @@ def dataset_path(name: str, root: Path | None = None) -> Path:
     return path
 
 
-def _aside(path: Path) -> Path:
-    """Where `replace_dir` keeps the old dataset while the new one is renamed into place."""
-    return path.parent / f".{path.name}.replaced"
-
-
 def recover_replace(path: Path) -> None:
-    """Finish a replace of `path` that was killed halfway (see `replace_dir`).
+    """Finish a dataset replace that was killed halfway (see `utils.atomic.replace_dir`)."""
+    atomic.recover_replace(path, SPEC_FILE)
 
-    The old dataset set aside and nothing under the name: the old one is put back. Both present:
-    the new one is in place and the old copy is removed.
+
+_STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[A-Za-z0-9_-]*)-(?P<pid>\d+)-[a-z0-9_]+$")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64]
+
+
+def staging_prefix(name: str) -> str:
+    """Prefix of the hidden folder an import of `name` writes before it takes the name.
+
+    `.<name>.tmp-<host>-<pid>-`: the folder of an import that was killed (its process gone from
+    this machine) is recognised and removed by `sweep_abandoned`; another machine's is left alone.
     """
-    aside = _aside(path)
+    return f".{name}.tmp-{_host()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
     try:
-        if not os.path.lexists(aside):
-            return
-        if not os.path.lexists(path):
-            if (aside / SPEC_FILE).is_file():
-                os.replace(aside, path)
-            return
-        if aside.is_symlink():
-            aside.unlink()
-        else:
-            shutil.rmtree(aside, ignore_errors=True)
-    except OSError:
-        pass  # e.g. a read-only datasets folder: readers still get a one-line "not found" later
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    except OSError:  # PermissionError: another user's live process
         return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this filesystem/kernel cannot exchange
-        return False
-    raise OSError(err, os.strerror(err), str(b))
+    return True
 
 
-def replace_dir(new: Path, final: Path) -> None:
-    """Put folder `new` at `final`, replacing what is there; `final` never holds nothing.
-
-    Where the kernel can swap two folders in one step, it does; the old folder (now at `new`)
-    is then removed. Elsewhere the old folder is renamed to `.<name>.replaced` before `new` takes
-    its name: a kill between the two renames is finished by `recover_replace` on the next open
-    or list, which puts the old dataset back.
-    """
-    if not os.path.lexists(final):
-        os.replace(new, final)
-        return
-    if final.is_dir() and not final.is_symlink() and _exchange(new, final):
-        shutil.rmtree(new, ignore_errors=True)  # the old dataset, swapped out
-        return
-    aside = _aside(final)
-    if os.path.lexists(aside):
-        shutil.rmtree(aside, ignore_errors=True)
-    os.replace(final, aside)
+def sweep_abandoned(root: Path) -> None:
+    """Remove what killed imports and deletes left in `root`: staging folders whose process is gone
+    from this machine, and `.<name>.deleting` folders (see `utils.atomic.remove_dir`)."""
     try:
-        os.replace(new, final)
-    except BaseException:
-        os.replace(aside, final)
-        raise
-    if aside.is_symlink():
-        aside.unlink()
-    else:
-        shutil.rmtree(aside, ignore_errors=True)
+        for p in root.glob(".*.tmp-*"):
+            m = _STAGING.match(p.name)
+            if m and m["host"] == _host() and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"])):
+                shutil.rmtree(p, ignore_errors=True)
+    except OSError:
+        pass  # e.g. a read-only datasets folder: nothing to clean there
+    atomic.sweep_deleted(root)
 
 
 def available_datasets(root: Path | None = None) -> list[str]:
@@ -248,6 +224,7 @@ def available_datasets(root: Path | None = None) -> list[str]:
         return []
     for p in root.glob(".*.replaced"):  # replaces killed halfway: finish them before listing
         recover_replace(p.parent / p.name[1:-len(".replaced")])
+    sweep_abandoned(root)
     return sorted(p.name for p in root.iterdir() if (p / SPEC_FILE).is_file() and not p.name.startswith("."))
 
 
@@ -300,6 +277,16 @@ def _check_spec_json(data: Any) -> None:
              f"columns.{cname}.item_shape must be a list of positive integers, got {shape!r}")
         need(col.get("dtype") in ("uint8", "float32"), f"columns.{cname}.dtype {col.get('dtype')!r}; valid: uint8, float32")
         need(col.get("encoding", "raw") in IMAGE_ENCODINGS, f"columns.{cname}.encoding {col.get('encoding')!r}")
+    for robot, types in robots.items():  # every item a robot has is stored in a column
+        for dt, items in types.items():
+            modality = DataType(dt).modality
+            if modality == Modality.VECTOR:
+                stored = columns.get(column_name(DataType(dt)), {}).get("items", [])
+                missing = [i for i in items if i not in stored]
+                need(not missing, f"robots.{robot}.{dt}: items {missing} have no values in columns.{dt}")
+            elif modality != Modality.LANGUAGE:
+                missing = [i for i in items if column_name(DataType(dt), i) not in columns]
+                need(not missing, f"robots.{robot}.{dt}: {missing} have no column")
     episodes = data["episodes"]
     need(isinstance(episodes, list), "'episodes' must be a list")
     end = 0
@@ -309,6 +296,7 @@ def _check_spec_json(data: Any) -> None:
         need(isinstance(start, int) and not isinstance(start, bool) and isinstance(length, int)
              and not isinstance(length, bool), f"episodes[{i}]: start and length must be integers")
         need(length > 0, f"episodes[{i}]: length {length} (an episode has at least one frame)")
+        need(start >= 0, f"episodes[{i}] starts at row {start}: a negative row")
         need(start >= end, f"episodes[{i}] starts at row {start}, inside the previous episode (rows up to {end - 1}): "
              "episodes overlap or are out of order")
         need(start == end, f"episodes[{i}] starts at row {start}, but the previous episode ends at row {end}: "
@@ -322,6 +310,9 @@ def _check_spec_json(data: Any) -> None:
         need(isinstance(per_item, dict), f"statistics.{dt} must be an object")
         for item, stats in per_item.items():
             need(isinstance(stats, dict), f"statistics.{dt}.{item} must be an object")
+            sizes = {len(v) for v in stats.values() if isinstance(v, list)}
+            need(len(sizes) <= 1 and 0 not in sizes,
+                 f"statistics {dt} item {item!r}: {', '.join(stats)} must be non-empty lists of one length")
             for stat, values in stats.items():
                 need(isinstance(values, list) and all(_number(v) for v in values),
                      f"statistics {dt} item {item!r} {stat} must be a list of numbers")
@@ -334,13 +325,29 @@ def _check_spec_json(data: Any) -> None:
     need(isinstance(version, int) and not isinstance(version, bool), "'format_version' must be an integer")
 
 
+MAX_JSON_BYTES = 256 << 20  # a metadata file (spec.json, info.json, episode.json) larger than this is refused
+
+
+def read_json(path: Path, problem: str) -> Any:
+    """A metadata JSON file parsed, or one line `<path>: <problem> (<why>)`.
+
+    The one reader of every metadata file the importers and datasets read: an unreadable file,
+    invalid JSON or text, nesting deep enough to exhaust the parser's recursion, or a file larger
+    than `MAX_JSON_BYTES` (checked before reading) are all one-line `DatasetError`s.
+    """
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_JSON_BYTES:
+            raise ValueError(f"{size} bytes, more than the {MAX_JSON_BYTES} a metadata file may hold")
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DatasetError(f"{path}: {problem} ({one_line(exc)})") from None
+
+
 def read_spec(path: Path) -> DatasetSpec:
     """Read `spec.json`, with a one-line error naming the file when it is unreadable or malformed."""
     spec_file = path / SPEC_FILE
-    try:
-        data = json.loads(spec_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{spec_file}: unreadable dataset spec ({one_line(exc)})") from None
+    data = read_json(spec_file, "unreadable dataset spec")
     version = data.get("format_version", FORMAT_VERSION) if isinstance(data, dict) else FORMAT_VERSION
     if isinstance(version, int) and version > FORMAT_VERSION:
         raise DatasetError(

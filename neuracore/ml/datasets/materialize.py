@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,9 +32,11 @@ from neuracore.ml.datasets.format import (
     dataset_path,
     encode_image,
     fingerprint_files,
-    replace_dir,
+    staging_prefix,
+    sweep_abandoned,
 )
 from neuracore.ml.datasets.statistics import RunningStats
+from neuracore.ml.utils.atomic import replace_dir
 
 logger = logging.getLogger(__name__)
 
@@ -262,6 +265,23 @@ def _with_episode(message: str, index: int, label: str) -> str:
     return f"episode {index}" + (f" ({label})" if label else "") + f": {message}"
 
 
+@contextlib.contextmanager
+def _progress(name: str, total: int | None, enabled: bool) -> Iterator[Any]:
+    """The import's progress bar: on a terminal only (a log gets the summary line instead), and erased
+    when the import fails, so that a failure is exactly one line on stderr."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, unit="episode", desc=f"import {name}", file=sys.stderr,
+               disable=True if not enabled else None)  # None: shown on a terminal only
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+
+
 def _loaded(
     episodes: Iterable[Episode | EpisodeSource], workers: int
 ) -> Iterator[tuple[str, Episode | BaseException]]:
@@ -281,6 +301,7 @@ def _loaded(
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # fork where available: workers start at once and need no importable __main__; loaders open
     # their own files, so nothing open in the parent is shared.
@@ -296,6 +317,9 @@ def _loaded(
                 return label, future.result()
             except DatasetError as exc:
                 return label, exc
+            except BrokenProcessPool:  # a worker killed (the OOM killer, a signal): not skippable, the pool is gone
+                raise DatasetError(f"{label}: the worker process reading this episode died (killed, e.g. by the "
+                                   "out-of-memory killer); nothing was written; import with fewer --workers") from None
 
         try:
             for item in episodes:
@@ -333,32 +357,34 @@ def materialize(
     `episodes` holds `Episode`s or lazily read `EpisodeSource`s (read by `workers` processes when
     > 0). With `skip_bad_episodes` an episode that fails to read or validate is left out and
     listed in `spec.source["skipped_episodes"]`; otherwise its error (naming the episode, and
-    the file and frame where known) aborts the import. `progress` shows a progress bar.
+    the file and frame where known) aborts the import. `progress` shows a progress bar on a terminal.
     """
     import datasets as hf
-    from tqdm.auto import tqdm
 
     if not (isinstance(frequency, (int, float)) and np.isfinite(frequency) and frequency > 0):
         raise DatasetError(f"dataset {name!r}: frequency {frequency!r} Hz; must be a positive finite number")
     final = dataset_path(name, root)  # also finishes a replace of this name killed halfway
     if final.exists() and not overwrite:
         raise DatasetError(f"dataset {name!r} already exists at {final}; delete it or pass overwrite")
+    if os.path.lexists(final.parent) and not final.parent.is_dir():
+        raise DatasetError(f"{final.parent}: a file where the datasets folder should be; move it away or set "
+                           "NEURACORE_HOME elsewhere")
     final.parent.mkdir(parents=True, exist_ok=True)
     columns = layout.columns()
     stats: dict[str, RunningStats] = {}
     episode_specs: list[EpisodeSpec] = []
     skipped: list[dict[str, Any]] = []
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+    sweep_abandoned(final.parent)  # what imports killed earlier left behind
+    tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(name), dir=final.parent))
     tmp.chmod(0o755)
     try:
         features = _features(columns)
         schema = features.arrow_schema
         staging = tmp / "staging.arrow"
         start = 0
-        bar = tqdm(total=total, unit="episode", desc=f"import {name}", disable=not progress, file=sys.stderr)
         # Episode by episode straight into one Arrow file: memory is bounded by a few episodes.
-        with ArrowWriter(features=features, path=str(staging)) as writer, bar:
+        with ArrowWriter(features=features, path=str(staging)) as writer, _progress(name, total, progress) as bar:
             for index, (label, episode) in enumerate(_loaded(episodes, workers)):
                 bar.update(1)
                 try:

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.errors import ConfigError, DatasetError
+from neuracore.ml.datasets.format import dataset_path
 from neuracore.ml.datasets.importers.common import (
     ImportOptions,
     ImportPlan,
@@ -62,6 +63,10 @@ def import_dataset(
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)
                                       and (value > 0 or (zero_ok and value == 0))):
             raise ConfigError(f"{key} {value!r}: must be a {'non-negative' if zero_ok else 'positive'} finite number")
+    # The name first: a bad or taken name is refused before the source is read.
+    final = dataset_path(name, root)
+    if final.exists() and not overwrite:
+        raise DatasetError(f"dataset {name!r} already exists at {final}; delete it or pass overwrite")
     options = ImportOptions(frequency, load_mapping(mapping), robot, language, max_delay_s)
     plan = plan_import(kind, path, options)
     plan.layout.image_encoding = image_encoding

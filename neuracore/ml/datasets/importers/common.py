@@ -23,6 +23,19 @@ LANGUAGE_ITEM = "instruction"
 MAX_VECTOR_WIDTH = 1 << 16  # values per frame of one vector key; more is a malformed declaration
 
 
+def check_relative(*parts: str | PurePosixPath, where: str) -> PurePosixPath:
+    """`parts` as one relative path that cannot climb out of its folder, or a one-line error.
+
+    Refused whatever the file system holds: an absolute path, a `..` component, a NUL byte.
+    (`confine` adds the check of where symlinks lead.)
+    """
+    text = "/".join(str(p) for p in parts)
+    rel = PurePosixPath(*parts) if parts else PurePosixPath(".")
+    if "\0" in text or rel.is_absolute() or ".." in rel.parts:
+        raise DatasetError(f"{where}: path {text!r} leaves the source folder (absolute or '..'); refused")
+    return rel
+
+
 def confine(root: Path, *parts: str | PurePosixPath, where: str) -> Path:
     """`root/<parts>` resolved, or a one-line error if it leaves the source folder `root`.
 
@@ -30,10 +43,8 @@ def confine(root: Path, *parts: str | PurePosixPath, where: str) -> Path:
     (checked before the file is opened). The resolved path is returned, so what is opened is what
     was checked.
     """
+    rel = check_relative(*parts, where=where)
     text = "/".join(str(p) for p in parts)
-    rel = PurePosixPath(*parts) if parts else PurePosixPath(".")
-    if "\0" in text or rel.is_absolute() or ".." in rel.parts:
-        raise DatasetError(f"{where}: path {text!r} leaves the source folder (absolute or '..'); refused")
     base = Path(root).resolve()
     try:
         target = (base / rel).resolve()
@@ -209,7 +220,10 @@ def episode_from_arrays(
 
 def check_timestamps(timestamps: np.ndarray, where: str) -> np.ndarray:
     """Timestamps as float64, finite and strictly increasing, or an error naming the frame."""
-    ts = np.asarray(timestamps, np.float64).reshape(-1)
+    raw = np.asarray(timestamps)
+    if raw.dtype.kind not in "biuf":
+        raise DatasetError(f"{where}: timestamps hold {raw.dtype} values, not numbers (seconds)")
+    ts = raw.astype(np.float64).reshape(-1)
     if not np.isfinite(ts).all():
         raise DatasetError(f"{where} frame {int(np.argwhere(~np.isfinite(ts))[0][0])}: timestamp is NaN or Inf")
     steps = np.diff(ts)
@@ -235,10 +249,13 @@ def synchronize(
         raise DatasetError(f"{where}: no streams")
     stamps = {name: check_timestamps(ts, f"{where} stream {name!r}") for name, (ts, _) in streams.items()}
     for name, ts in stamps.items():
+        values = np.asarray(streams[name][1])
+        if values.ndim == 0:
+            raise DatasetError(f"{where}: stream {name!r} values are a scalar, expected one row per timestamp")
         if len(ts) == 0:
             raise DatasetError(f"{where}: stream {name!r} is empty")
-        if len(ts) != len(streams[name][1]):
-            raise DatasetError(f"{where}: stream {name!r} has {len(ts)} timestamps but {len(streams[name][1])} values")
+        if len(ts) != len(values):
+            raise DatasetError(f"{where}: stream {name!r} has {len(ts)} timestamps but {len(values)} values")
     t0 = max(ts[0] for ts in stamps.values())
     t1 = max(ts[-1] for ts in stamps.values())
     step = 1.0 / frequency

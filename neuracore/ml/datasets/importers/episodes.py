@@ -23,7 +23,6 @@ episodes may name different robots with different items (one dataset, several ro
 from __future__ import annotations
 
 import functools
-import json
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import ConfigError, DatasetError, one_line
+from neuracore.ml.datasets.format import read_json
 from neuracore.ml.datasets.importers.common import (
     LANGUAGE_ITEM,
     ImportOptions,
@@ -49,8 +49,8 @@ EPISODE_FILE = "episode.json"
 def _read_meta(root: Path, folder: Path) -> dict[str, Any]:
     """`episode.json` of `folder`, checked: strings where names go, streams inside the source folder."""
     path = confine(root, folder.name, EPISODE_FILE, where=f"{folder.name}: {EPISODE_FILE}")
+    meta = read_json(path, "unreadable episode description")
     try:
-        meta = json.loads(path.read_text())
         if not isinstance(meta, dict):
             raise TypeError(f"expected a JSON object, got {type(meta).__name__}")
         streams = meta["streams"]
@@ -68,7 +68,7 @@ def _read_meta(root: Path, folder: Path) -> dict[str, Any]:
                 raise ValueError(f"stream {name!r}: 'items' must be a non-empty list of names")
             if len(set(items)) != len(items):
                 raise ValueError(f"stream {name!r}: 'items' names an item twice")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise DatasetError(f"{path}: unreadable episode description ({one_line(exc)})") from None
     for name in streams:  # the stream files must lie inside the source folder (no '../', no '/abs')
         confine(root, folder.name, f"{name}.npz", where=f"{folder.name}: stream {name!r}")

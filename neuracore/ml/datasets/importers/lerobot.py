@@ -11,9 +11,7 @@ Images stored in parquet are decoded with Pillow, mp4 videos with PyAV, in the w
 from __future__ import annotations
 
 import functools
-import io
 import itertools
-import json
 import math
 import string
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import ConfigError, DatasetError, one_line
+from neuracore.ml.core.errors import ConfigError, DatasetError
+from neuracore.ml.datasets.format import decode_images, read_json
 from neuracore.ml.datasets.importers.common import (
     MAX_VECTOR_WIDTH,
     Field,
@@ -32,6 +31,7 @@ from neuracore.ml.datasets.importers.common import (
     check_confined,
     check_declared_shape,
     check_mapping_keys,
+    check_relative,
     check_timestamps,
     confine,
     default_robot,
@@ -65,11 +65,13 @@ _TEMPLATE_FIELDS = {"data_path": {"chunk_index", "file_index"},
                     "video_path": {"video_key", "chunk_index", "file_index"}}
 
 
-def _check_template(key: str, template: Any, info_file: Path) -> str:
+def _check_template(key: str, template: Any, info_file: Path, video_keys: list[str]) -> str:
     """`data_path`/`video_path` of info.json: plain `{field}` or `{field:03d}` placeholders only.
 
-    Attribute or index access (`{chunk_index.__class__}`) and unknown fields are refused; where
-    the filled-in path points is checked by `confine` when the episode is read.
+    Attribute or index access (`{chunk_index.__class__}`) and unknown fields are refused, and so is
+    a template that leads out of the source folder whatever its fields (`../x/{file_index}`, an
+    absolute path) before any episode is read; every filled-in path is checked again by `confine`
+    (symlinks included) when its episode is read.
     """
     if not isinstance(template, str) or not template:
         raise DatasetError(f"{info_file}: {key} must be a path template string, got {template!r}")
@@ -83,6 +85,12 @@ def _check_template(key: str, template: Any, info_file: Path) -> str:
         if name not in _TEMPLATE_FIELDS[key] or conversion or (spec and not spec.rstrip("d").isdigit()):
             raise DatasetError(f"{info_file}: {key} {template!r}: placeholder {{{name}{':' + spec if spec else ''}}} "
                                f"not allowed; valid: {', '.join(sorted(_TEMPLATE_FIELDS[key]))} (optionally :03d)")
+    for video_key in video_keys or ["key"]:
+        try:
+            sample = template.format(chunk_index=0, file_index=0, video_key=video_key)
+        except (ValueError, TypeError) as exc:  # e.g. {video_key:03d}
+            raise DatasetError(f"{info_file}: {key} {template!r}: malformed template ({exc})") from None
+        check_relative(sample, where=f"{info_file}: {key}")
     return template
 
 
@@ -163,24 +171,23 @@ def _fields(info: dict[str, Any], options: ImportOptions) -> tuple[list[Field], 
     return fields, storage
 
 
-def _decode_images(column: list[Any], key: str, where: str) -> np.ndarray:
-    from PIL import Image
-
+def _image_bytes(column: list[Any], key: str, where: str) -> list[bytes]:
+    """The encoded frames of an image column (cells `{"bytes": ..., "path": ...}`); a path is never followed."""
     frames = []
     for i, cell in enumerate(column):
         data = cell.get("bytes") if isinstance(cell, dict) else cell
-        if not data:
+        if not isinstance(data, (bytes, bytearray)) or not data:
             raise DatasetError(f"{where} frame {i}: image {key!r} has no bytes")
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                frames.append(np.asarray(img.convert("RGB")))
-        except OSError as exc:
-            raise DatasetError(f"{where} frame {i}: image {key!r} cannot be decoded ({exc})") from None
-    return np.stack(frames)
+        frames.append(bytes(data))
+    return frames
 
 
-def _decode_video(path: Path, start: float, timestamps: np.ndarray, fps: float, where: str) -> np.ndarray:
-    """Frames of `path` at `start + timestamps` (within half a frame), decoded with PyAV."""
+def _decode_video(path: Path, start: float, timestamps: np.ndarray, fps: float, shape: list[int],
+                  where: str) -> np.ndarray:
+    """Frames of `path` at `start + timestamps` (within half a frame), decoded with PyAV.
+
+    The stream's frame size is checked against the feature's `shape` before anything is decoded.
+    """
     import av
 
     tol = 0.5 / fps
@@ -188,7 +195,13 @@ def _decode_video(path: Path, start: float, timestamps: np.ndarray, fps: float, 
     out: list[np.ndarray | None] = [None] * len(wanted)
     try:
         with av.open(str(path)) as container:
+            if not container.streams.video or container.streams.video[0].time_base is None:
+                raise DatasetError(f"{where}: {path} holds no video stream")
             stream = container.streams.video[0]
+            size = (stream.codec_context.height, stream.codec_context.width)
+            if size != (shape[0], shape[1]):
+                raise DatasetError(f"{where}: video {path} has {size[0]}x{size[1]} frames, expected "
+                                   f"{shape[0]}x{shape[1]} (meta/info.json)")
             stream.thread_type = "AUTO"
             container.seek(int(max(start - tol, 0) / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):
@@ -236,9 +249,10 @@ def _load(root: str, meta: dict[str, Any], robot: str, fields: list[Field], stor
             video = confine(base, video_path.format(video_key=f.key, chunk_index=chunk, file_index=index),
                             where=f"{where}: camera {f.key!r} video_path")
             start = float(meta.get(f"videos/{f.key}/from_timestamp") or 0.0)
-            arrays[f.key] = _decode_video(video, start, timestamps - timestamps[0], fps, where)
+            arrays[f.key] = _decode_video(video, start, timestamps - timestamps[0], fps, f.shape, where)
         elif kind == "image":
-            arrays[f.key] = _decode_images(table.column(f.key).to_pylist(), f.key, where)
+            frames = _image_bytes(table.column(f.key).to_pylist(), f.key, where)
+            arrays[f.key] = decode_images(frames, f.shape, f"{where}: image {f.key!r}")  # sizes checked first
         else:
             col = table.column(f.key).combine_chunks()
             if not _numeric(col.type):
@@ -310,10 +324,7 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
     if not root.is_dir():
         raise DatasetError(f"{root}: not a LeRobot dataset folder")
     info_file = confine(root, "meta/info.json", where=f"{root}: meta/info.json")
-    try:
-        info = json.loads(info_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{info_file}: not a LeRobot dataset ({one_line(exc)})") from None
+    info = read_json(info_file, "not a LeRobot dataset")
     fps = _check_info(info, info_file)
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
@@ -324,8 +335,9 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
     fields, storage = _fields(info, options)
     if not fields:
         raise DatasetError(f"{info_file}: no features to import (use --map)")
-    data_path = _check_template("data_path", info.get("data_path") or _DATA_PATH, info_file)
-    video_path = _check_template("video_path", info.get("video_path") or _VIDEO_PATH, info_file)
+    videos = [k for k, kind in storage.items() if kind == "video"]
+    data_path = _check_template("data_path", info.get("data_path") or _DATA_PATH, info_file, [])
+    video_path = _check_template("video_path", info.get("video_path") or _VIDEO_PATH, info_file, videos)
     meta_files = [check_confined(root, f, where=str(f.relative_to(root)))
                   for f in sorted((root / "meta" / "episodes").rglob("*.parquet"))]
     if not meta_files:
