@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuracore.ml.core.errors import NeuracoreError
+from neuracore.ml.core.errors import NeuracoreError, run_cli
 
 EVAL_SEED_OFFSET = 100_000  # evaluation episodes never overlap the demo dataset's seeds
 
@@ -100,25 +100,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.model) == bool(args.untrained):
         parser.error("give a model folder or --untrained ALGORITHM (not both)")
-    try:
-        from neuracore.ml.export.policy import Policy
+    return run_cli("evaluate", _evaluate, args)
 
-        if args.temporal_ensemble is not None:
-            options = {"temporal_ensemble_coeff": args.temporal_ensemble, "n_action_steps": 1}
-        else:
-            options = {"n_action_steps": args.execute_steps}
-        if args.model:
-            args.model = str(resolve_model_folder(args.model))
-            if not (Path(args.model) / "config.json").is_file():
-                raise NeuracoreError(f"{args.model}: not an exported model folder (no config.json)")
-            policy = Policy.from_pretrained(args.model, device=args.device, **options)
-        else:
-            policy = untrained_policy(args.untrained, 20, args.seed, **options)
-        started = time.perf_counter()
-        results = [rollout(policy, EVAL_SEED_OFFSET + args.seed + i) for i in range(args.episodes)]
-    except NeuracoreError as exc:
-        print(f"evaluate: error: {exc}", file=sys.stderr)
-        return 2
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """Roll the policy out (errors are reported by `run_cli`)."""
+    from neuracore.ml.export.model_folder import recover_export
+    from neuracore.ml.export.policy import Policy
+
+    if args.episodes < 1:
+        raise NeuracoreError(f"--episodes {args.episodes}: must be at least 1")
+    if args.temporal_ensemble is not None:
+        options = {"temporal_ensemble_coeff": args.temporal_ensemble, "n_action_steps": 1}
+    else:
+        options = {"n_action_steps": args.execute_steps}
+    if args.model:
+        args.model = str(resolve_model_folder(args.model))
+        recover_export(Path(args.model))  # an export replace killed halfway: the previous export is put back
+        if not Path(args.model).is_dir():
+            what = "not a folder" if Path(args.model).exists() else "no such folder"
+            raise NeuracoreError(f"{args.model}: {what} (give an exported model folder, a run folder or `latest`)")
+        if not (Path(args.model) / "config.json").is_file():
+            raise NeuracoreError(f"{args.model}: not an exported model folder (no config.json)")
+        policy = Policy.from_pretrained(args.model, device=args.device, **options)
+    else:
+        policy = untrained_policy(args.untrained, 20, args.seed, **options)
+    started = time.perf_counter()
+    results = [rollout(policy, EVAL_SEED_OFFSET + args.seed + i) for i in range(args.episodes)]
     successes = sum(s for s, _ in results)
     report = {
         "model": args.model or f"untrained {args.untrained}",

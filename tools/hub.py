@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from neuracore.ml.core.errors import ConfigError, NeuracoreError
+from neuracore.ml.core.errors import ConfigError, run_cli
 from neuracore.ml.storage import Hub, is_model_folder, parse_repo, push_model, push_run
-from neuracore.ml.storage.backend import redact
+from neuracore.ml.storage.backend import STORAGE_ENV, redact
+from neuracore.ml.storage.models import check_storage_url
 
 MB = 1e6
 
@@ -60,9 +62,15 @@ def cmd_pull(args: argparse.Namespace) -> int:
         if dest.exists() and any(dest.iterdir()):
             raise ConfigError(f"--to {dest}: folder exists and is not empty; choose a new folder")
         rev = hub.revision(args.spec)  # resolved and checked before the empty target is touched
-        if dest.exists():
+        emptied = dest.exists()
+        if emptied:
             dest.rmdir()
-        rev = hub.download(args.spec, dest, rev)
+        try:
+            rev = hub.download(args.spec, dest, rev)
+        except BaseException:
+            if emptied and not dest.exists():
+                dest.mkdir()  # the user's empty folder is back, as it was
+            raise
     else:
         dest, rev = hub.fetch(args.spec)
     print(f"pulled {parse_repo(args.spec).repo}@{rev.id[:12]} -> {dest}: {len(rev.files)} files, "
@@ -128,18 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run(args: argparse.Namespace) -> int:
+    """The sub-command, once the storage URL is known to carry no credentials (they would be echoed)."""
+    check_storage_url(args.storage or os.environ.get(STORAGE_ENV))
+    return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; expected failures are one line on stderr and exit status 1 (bugs keep their traceback)."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except NeuracoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:  # local file system: permission, disk full, a file where a folder is expected
-        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
-        print(f"error: {where + ': ' if where else ''}{exc.strerror or ' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+    return run_cli("hub", _run, args, exit_code=1)
 
 
 if __name__ == "__main__":

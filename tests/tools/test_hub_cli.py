@@ -78,7 +78,7 @@ def test_errors_are_one_line(tmp_path: Path, args: list[str], message: str, caps
     monkeypatch.setenv("NEURACORE_HOME", str(tmp_path / "home"))
     assert load_tool().main(args) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err and err.startswith("error: ")
+    assert err.count("\n") == 1 and message in err and err.startswith("hub: error: ")
 
 
 def test_pull_refuses_non_empty_target(tmp_path: Path, capsys: pytest.CaptureFixture,
@@ -115,7 +115,7 @@ def test_s3_push_pull_without_printing_credentials(tmp_path: Path, capsys: pytes
         assert tool.main(["list", "--storage", "s3://no-such-bucket-xyz/p"]) == 1
         captured = capsys.readouterr()
         assert "no repositories" in captured.out
-        assert captured.err.startswith("error: storage s3://no-such-bucket-xyz/p: listing failed")
+        assert captured.err.startswith("hub: error: storage s3://no-such-bucket-xyz/p: listing failed")
         for text in [p.stdout + p.stderr for p in outputs] + [captured.out + captured.err]:
             assert S3_ENV["AWS_SECRET_ACCESS_KEY"] not in text and S3_ENV["AWS_ACCESS_KEY_ID"] not in text
     finally:

@@ -20,7 +20,13 @@ import torch
 
 from neuracore.ml.core.errors import CheckpointError, ConfigError, one_line
 from neuracore.ml.core.model import NeuracoreModel
-from neuracore.ml.export.model_folder import CONFIG_FILE, export_model, rebuild_model, verified_weights
+from neuracore.ml.export.model_folder import (
+    CONFIG_FILE,
+    export_model,
+    rebuild_model,
+    safetensors_bytes,
+    verified_weights,
+)
 from neuracore.ml.trainers.peft import (
     LoraSettings,
     apply_lora,
@@ -93,6 +99,7 @@ def load_adapter_folder(folder: Path, config: dict[str, Any],
         raise CheckpointError(str(exc)) from None
     base = _base_record(config, where)
     weights = verified_weights(folder, config, ADAPTER_FILE)
+    safetensors_bytes(weights)  # a forged header is refused before anything is allocated
     for path, expected in sorted(base["files"].items()):
         file = Path(path)
         if not file.is_file():

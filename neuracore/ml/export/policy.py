@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,11 +14,25 @@ import torch
 
 from neuracore.ml.core import batch as keys
 from neuracore.ml.core.data_types import DataType, Modality
-from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.core.errors import ConfigError, one_line
 from neuracore.ml.core.model import NeuracoreModel
 from neuracore.ml.core.relative_actions import to_absolute
-from neuracore.ml.export.model_folder import load_model_folder
+from neuracore.ml.export.model_folder import load_model_folder, recover_export
 from neuracore.ml.export.temporal_ensemble import TemporalEnsembler
+
+
+def inference_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device that exists on this machine, or a one-line `ConfigError`."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"device={str(device)!r}: not a torch device ({one_line(exc, 120)}); use cpu or cuda") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device={str(device)!r}: no such CUDA device on this machine "
+                          f"({torch.cuda.device_count()} visible); use cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={str(device)!r}: MPS is not available on this machine; use cpu")
+    return dev
 
 
 class Policy:
@@ -44,15 +60,21 @@ class Policy:
         n_action_steps: int | None = None,
         temporal_ensemble_coeff: float | None = None,
     ) -> None:
-        self.model = model.to(device).eval()
+        self.device = inference_device(device)
+        self.model = model.to(self.device).eval()
         self.config = config
-        self.device = torch.device(device)
         self.description = model.model_init_description
         self.history = max(int(model.observation_history), 1)
         self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=self.history)
         horizon = int(self.description.output_prediction_horizon)
         if temporal_ensemble_coeff is None and n_action_steps is None:  # the model's own rollout setting
             temporal_ensemble_coeff = getattr(model, "temporal_ensemble_coeff", None)  # (ACT's yaml key)
+        if temporal_ensemble_coeff is not None and not (
+            isinstance(temporal_ensemble_coeff, numbers.Real) and not isinstance(temporal_ensemble_coeff, bool)
+            and math.isfinite(temporal_ensemble_coeff)
+            and temporal_ensemble_coeff >= 0
+        ):
+            raise ConfigError(f"temporal_ensemble_coeff={temporal_ensemble_coeff!r}: must be a finite number >= 0")
         if temporal_ensemble_coeff is not None and n_action_steps not in (None, 1):
             raise ConfigError(
                 f"n_action_steps={n_action_steps}: temporal ensembling queries the model every step; "
@@ -87,6 +109,7 @@ class Policy:
         `n_action_steps` / `temporal_ensemble_coeff` configure `select_action` (see the class).
         """
         folder = Path(path).expanduser()
+        recover_export(folder)  # an export replace killed halfway: the previous export is put back
         if not folder.exists():
             from neuracore.ml.storage import looks_like_repo, pull_model
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from neuracore.ml.core.errors import CheckpointError, ConfigError, one_line
+from neuracore.ml.storage.backend import STORAGE_ENV, redact
 from neuracore.ml.storage.errors import StorageError
 from neuracore.ml.storage.hub import Hub, PreparedPush, PushResult
 from neuracore.ml.storage.names import parse_repo
@@ -24,23 +26,56 @@ def is_model_folder(path: str | Path) -> bool:
     return (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
 
 
+def check_storage_url(url: str | None) -> str | None:
+    """`url` unchanged, or a one-line `ConfigError` when it carries credentials (`s3://KEY:SECRET@bucket/...`).
+
+    Keys written into a URL end up in the S3 client's own error messages (as a bucket name) and in shell
+    history; they belong in the AWS variables or a profile. The message shows the URL redacted.
+    """
+    if url and redact(url) != url:
+        raise ConfigError(
+            f"storage {redact(url)}: credentials in the URL are not accepted (they would be echoed); use "
+            "s3://bucket/prefix with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        )
+    return url
+
+
+def _hub(storage_url: str | None) -> Hub:
+    """The hub at `storage_url` (default `$NEURACORE_STORAGE_URL`), credentials in the URL refused."""
+    check_storage_url(storage_url or os.environ.get(STORAGE_ENV))
+    return Hub(storage_url)
+
+
+def _mapping(config: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = config.get(key) or {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a neuracore model config ({key!r} is a {type(value).__name__}, "
+                              "expected a mapping)")
+    return value
+
+
 def model_metadata(folder: str | Path) -> dict[str, Any]:
     """Summary of an exported model's config.json recorded in the revision (shown by `log`)."""
     path = Path(folder).expanduser() / CONFIG_FILE
     try:
         config = json.loads(path.read_text())
         algorithm = config["algorithm"]["name"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if not isinstance(algorithm, str) or not isinstance(config.get("model_init_description"), dict):
+            raise TypeError("algorithm.name must be a string and model_init_description a mapping")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{path}: not a neuracore model config ({one_line(exc)})") from None
-    training = config.get("training") or {}
+    training = _mapping(config, "training", path)
+    sha = config.get("weights_sha256")
+    if sha is not None and not isinstance(sha, str):
+        raise CheckpointError(f"{path}: not a neuracore model config (weights_sha256 is a {type(sha).__name__})")
     return {
         "algorithm": algorithm,
         "num_parameters": config.get("num_parameters"),
         "weights_sha256": config.get("weights_sha256"),
-        "dataset": config.get("dataset") or {},
+        "dataset": _mapping(config, "dataset", path),
         "training": {k: training[k] for k in ("steps", "epochs_completed", "train_losses", "validation_losses",
                                               "best_validation_loss", "command") if k in training},
-        "versions": config.get("versions") or {},
+        "versions": _mapping(config, "versions", path),
     }
 
 
@@ -55,7 +90,7 @@ def push_model(
     hub: Hub | None = None,
 ) -> PushResult:
     """Push an exported model folder as a new revision of `repo` on `branch` (optionally tagged)."""
-    hub = hub or Hub(storage_url)
+    hub = hub or _hub(storage_url)
     prepared = _prepare_model(hub, folder, repo, message=message, tag=tag, branch=branch, upload=True)
     return hub.publish_tag(hub.publish_branch(prepared), prepared)
 
@@ -99,7 +134,7 @@ def push_run(
     present = {name: branch for name, branch in RUN_FOLDERS.items() if is_model_folder(run_dir / name)}
     if "model" not in present:
         raise ConfigError(f"{run_dir}: not a run folder with an exported model/ (and optional best_model/)")
-    hub = hub or Hub(storage_url)
+    hub = hub or _hub(storage_url)
     prepared = {
         name: _prepare_model(hub, run_dir / name, repo, message=message or f"{run_dir.name}: {name}", branch=branch,
                              tag=None if tag is None else (tag if name == "model" else f"{tag}-best"), upload=False)
@@ -132,7 +167,7 @@ def _moved(results: dict[str, PushResult]) -> str:
 def pull_model(spec: str, storage_url: str | None = None) -> Path:
     """Cached, verified local folder of `org/name[@revision]` holding an exported model."""
     ref = parse_repo(spec)
-    folder = Hub(storage_url).pull(ref)
+    folder = _hub(storage_url).pull(ref)
     if not is_model_folder(folder):
         raise CheckpointError(f"{ref}: revision holds no exported model ({CONFIG_FILE} + {WEIGHTS_FILE})")
     return folder

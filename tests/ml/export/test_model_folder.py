@@ -489,20 +489,28 @@ def test_failed_card_write_keeps_previous_export(exported, tmp_path, monkeypatch
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
-def test_failed_final_rename_keeps_previous_export(exported, tmp_path, monkeypatch):
+@pytest.mark.parametrize("swap", ["exchange_fails", "no_exchange_rename_fails"])
+def test_failed_final_rename_keeps_previous_export(exported, tmp_path, monkeypatch, swap):
+    from neuracore.ml.utils import atomic
+
     model, _ = exported
     folder = export_model(model, tmp_path / "model")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     real_replace = os.replace
-    calls = []
+
+    def failing_exchange(a, b):
+        raise OSError(5, "Input/output error", str(b))
 
     def replace(src, dst):
-        calls.append((src, dst))
         if Path(dst) == folder and Path(src).name.startswith(".model.tmp-"):
             raise OSError("rename failed")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(model_folder.os, "replace", replace)
+    if swap == "exchange_fails":  # the one-step swap (renameat2) itself fails
+        monkeypatch.setattr(atomic, "exchange", failing_exchange)
+    else:  # a file system without the swap: old aside, new in place; the second rename fails
+        monkeypatch.setattr(atomic, "exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic.os, "replace", replace)
     with pytest.raises(OSError):
         export_model(make_model(seed=9), folder)
     monkeypatch.undo()

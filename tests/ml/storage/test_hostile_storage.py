@@ -50,7 +50,7 @@ def cli_error(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
     """Run the CLI in-process, assert exit 1 and exactly one stderr line; return it."""
     assert load_tool().main(argv) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("hub: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     return err
 
 
@@ -390,11 +390,13 @@ def test_cli_manifest_with_bad_metadata_type(pushed: Hub, local: str, capsys: py
     assert f"revisions/{rev}.json: unreadable manifest" in err and "'metadata' is not a dict" in err
 
 
-def test_cli_keeps_the_traceback_of_internal_bugs(pushed: Hub, local: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_keeps_the_traceback_of_internal_bugs(pushed: Hub, local: str, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
     tool = load_tool()
     monkeypatch.setattr(tool.Hub, "log", lambda *a, **k: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        tool.main(["log", REPO_ID, "--storage", local])
+    assert tool.main(["log", REPO_ID, "--storage", local]) == 70  # EX_SOFTWARE: a bug, not a user error
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ZeroDivisionError" in err and "hub: internal error" in err
 
 
 def test_production_code_reads_no_fault_injection_switch() -> None:
