@@ -101,12 +101,17 @@ def compose_config(overrides: list[str], config_dir: str) -> dict[str, Any]:
     """Compose the config for `overrides` (no sweeps) as a plain dict, or raise `ConfigError`."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=config_dir, version_base=None):
-            cfg = compose("config", overrides=overrides)
+            cfg = compose("config", overrides=overrides, return_hydra_config=True)
+            # `${hydra:job.num}` (e.g. training_name=sweep_${hydra:job.num}) resolves as in a job (None here)
+            HydraConfig.instance().set_config(cfg)
+            with open_dict(cfg):
+                del cfg["hydra"]
             data = OmegaConf.to_container(cfg, resolve=True)
     except ConfigError:
         raise
@@ -117,10 +122,20 @@ def compose_config(overrides: list[str], config_dir: str) -> dict[str, Any]:
     return data
 
 
+_FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                     "--experimental-rerun")
+_INFO_TOPICS = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+# Hydra's own config groups that select plugins: `hydra/launcher=slurm` (SLURM sweeps, see
+# config/hydra/launcher/) and `hydra/launcher=submitit_local` need Hydra's submitit launcher.
+_SUBMITIT_LAUNCHERS = ("slurm", "submitit_slurm", "submitit_local")
+
+
 def _split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
-    """(overrides, extra config dirs, multirun) from a Hydra command line."""
+    """(overrides, extra config dirs, multirun) from a Hydra command line; `hydra/<group>=...` are checked here."""
     overrides: list[str] = []
     config_dirs: list[str] = []
+    launcher_groups: list[str] = []
+    inspect = False  # --cfg/--info print the config instead of running it
     multirun = False
     i = 0
     while i < len(argv):
@@ -134,8 +149,17 @@ def _split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
             i += 1
         elif arg.startswith("--config-dir="):
             config_dirs.append(arg.split("=", 1)[1])
+        elif arg in _FLAGS_WITH_VALUE:
+            inspect = inspect or arg in ("--cfg", "-c")
+            i += 1  # Hydra's to handle, with its value (`--cfg hydra`, `-p hydra.launcher`)
+        elif arg in ("--info", "-i"):
+            inspect = True
+            if i + 1 < len(argv) and argv[i + 1] in _INFO_TOPICS:
+                i += 1
         elif arg.startswith("-"):
-            pass  # other Hydra flags (--cfg, --info, ...) are Hydra's to handle
+            pass  # other Hydra flags (--resolve, --help, ...) are Hydra's to handle
+        elif arg.startswith("hydra/"):
+            launcher_groups.append(arg)
         elif "=" not in arg:
             raise ConfigError(f"{arg!r}: expected key=value (e.g. algorithm=cnnmlp dataset_name=demo)")
         elif not arg.startswith("hydra."):
@@ -144,7 +168,24 @@ def _split_argv(argv: list[str]) -> tuple[list[str], list[str], bool]:
     for folder in config_dirs:
         if not Path(folder).is_dir():
             raise ConfigError(f"--config-dir {folder}: no such folder")
+    _check_hydra_groups(launcher_groups, multirun or inspect)
     return overrides, config_dirs, multirun
+
+
+def _check_hydra_groups(groups: list[str], sweeps: bool) -> None:
+    """`hydra/launcher=slurm|submitit_*` needs the submitit plugin and --multirun; Hydra checks the rest."""
+    for text in groups:
+        group, _, value = text.lstrip("+~").partition("=")
+        if group != "hydra/launcher" or value not in _SUBMITIT_LAUNCHERS:
+            continue
+        import importlib.util
+
+        if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+            raise ConfigError(f"{text}: needs Hydra's submitit launcher; pip install 'neuracore[slurm]' "
+                              "(hydra-submitit-launcher)")
+        if not sweeps:
+            raise ConfigError(f"{text}: a launcher runs sweeps; add --multirun (one job per configuration), "
+                              "or submit a single multi-node run with tools/slurm/train.sbatch")
 
 
 def preflight(argv: list[str], config_dir: str) -> None:
