@@ -191,7 +191,8 @@ def test_sbatch_template_usr1_checkpoints_requeues_and_the_requeued_job_continue
     try:
         deadline = time.monotonic() + 300
         while not (run / "tensorboard").is_dir() or not any((run / "tensorboard").rglob("events.*")):
-            assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"training never started (exit {proc.poll()}):\n{proc.communicate()[0][-4000:]}")
             time.sleep(0.2)
         time.sleep(1)
         proc.send_signal(signal.SIGUSR1)  # what `#SBATCH --signal=B:USR1@120` sends to the batch script
