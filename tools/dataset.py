@@ -3,6 +3,8 @@
     python tools/dataset.py import lerobot /data/my_lerobot_ds --name my_dataset
     python tools/dataset.py import hdf5 /data/act_episodes --name aloha --frequency 50
     python tools/dataset.py import episodes /data/recordings --name mine --frequency 30 --max-delay-s 0.1
+    python tools/dataset.py import lerobot /data/ds --name small --image-size 224x224 --image-encoding jpeg --workers 2
+    python tools/dataset.py import hdf5 /data/act --name a --image-size top=224x224,wrist=128x128 --resize-mode crop
     python tools/dataset.py list
     python tools/dataset.py info my_dataset [--json]
     python tools/dataset.py show my_dataset --episode 0 --frame 10 [--json]
@@ -39,7 +41,14 @@ def _add_import(sub: Any) -> None:
     p.add_argument("--skip-bad-episodes", action="store_true", help="skip and report bad episodes instead of failing")
     p.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="raw",
                    help="store RGB frames raw (fastest to read) or as PNG/JPEG bytes (smaller; decoded by loader workers)")
-    p.add_argument("--workers", type=int, default=0, help="processes reading/decoding episodes (0: in this process)")
+    p.add_argument("--image-size", metavar="HxW|CAM=HxW,...",
+                   help="resize camera frames on import: HxW for all cameras (e.g. 224x224) or per camera "
+                        "(top=224x224,wrist=128x128); area interpolation (PIL BOX), aspect ratio kept (--resize-mode)")
+    p.add_argument("--resize-mode", default="letterbox", metavar="letterbox|crop",
+                   help="letterbox (default): whole frame, padded with black; crop: centre crop to the target's aspect")
+    p.add_argument("--jpeg-quality", metavar="1-100", help="JPEG quality with --image-encoding jpeg (default 95)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes reading, resizing and encoding episodes (0: in this process)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
 
 
@@ -52,6 +61,13 @@ def _print_info(info: dict[str, Any]) -> None:
         print(f"  robot {robot} ({r['episodes']} episodes)")
         for dt, items in r["data_types"].items():
             print(f"    {dt} ({len(items)}): {', '.join(items)}")
+    images = info.get("images") or {}
+    if images:
+        resized = ", ".join(f"{c.split('.', 1)[-1]} {r['from'][0]}x{r['from'][1]}->{r['to'][0]}x{r['to'][1]}"
+                            for c, r in images.get("resized", {}).items())
+        print(f"  images: {', '.join(info['image_encoding'])}"
+              + (f" quality {images['jpeg_quality']}" if "jpeg" in info["image_encoding"] else "")
+              + (f"; resized ({images['resize_mode']}, {images['interpolation']}): {resized}" if resized else ""))
     for lang in info["languages"][:10]:
         print(f"  instruction: {lang!r}")
     for dt, per_item in info["statistics"].items():
@@ -119,7 +135,9 @@ def _run(args: argparse.Namespace) -> int:
         path = api.import_dataset(
             args.kind, args.path, args.name, frequency=args.frequency, mapping=args.mapping, robot=args.robot,
             language=args.language, max_delay_s=args.max_delay_s, skip_bad_episodes=args.skip_bad_episodes,
-            image_encoding=args.image_encoding, workers=args.workers, overwrite=args.overwrite, progress=True,
+            image_encoding=args.image_encoding, image_size=args.image_size, resize_mode=args.resize_mode,
+            jpeg_quality=args.jpeg_quality, workers=args.workers, overwrite=args.overwrite, progress=True,
+            on_estimate=lambda line: print(line, flush=True),
         )
         info = api.dataset_info(args.name)
         seconds = time.perf_counter() - start

@@ -52,6 +52,8 @@ def dataset_info(name: str, root: Path | None = None) -> dict[str, Any]:
         "robots": {r: {"episodes": per_robot.get(r, 0), "data_types": types} for r, types in spec.robots.items()},
         "languages": sorted({e.language for e in spec.episodes if e.language}),
         "image_encoding": sorted({c.encoding for c in spec.columns.values() if c.data_type == "RGB_IMAGES"}),
+        "image_shapes": {c.items[0]: c.item_shape for c in spec.columns.values() if c.data_type == "RGB_IMAGES"},
+        "images": spec.source.get("images", {}),  # --image-size / --resize-mode / --jpeg-quality of the import
         "statistics": spec.statistics,
         "size_bytes": _size_bytes(ds.path),
         "fingerprint": spec.fingerprint,

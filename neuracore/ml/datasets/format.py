@@ -28,8 +28,8 @@ IMAGE_ENCODINGS = ("raw", "png", "jpeg")
 JPEG_QUALITY = 95
 
 
-def encode_image(image: Any, encoding: str) -> bytes:
-    """One `[H, W, C]` uint8 frame as PNG (lossless) or JPEG bytes."""
+def encode_image(image: Any, encoding: str, quality: int | None = None) -> bytes:
+    """One `[H, W, C]` uint8 frame as PNG (lossless) or JPEG bytes (`quality` 1-100, default `JPEG_QUALITY`)."""
     import io
 
     from PIL import Image
@@ -39,7 +39,7 @@ def encode_image(image: Any, encoding: str) -> bytes:
     if encoding == "png":
         frame.save(buf, format="PNG")
     else:  # 4:4:4 chroma: colour edges stay sharp for the policy
-        frame.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
+        frame.save(buf, format="JPEG", quality=quality or JPEG_QUALITY, subsampling=0)
     return buf.getvalue()
 
 

@@ -35,6 +35,7 @@ from neuracore.ml.datasets.format import (
     staging_prefix,
     sweep_abandoned,
 )
+from neuracore.ml.datasets.images import ImageProcessing, resize_frames
 from neuracore.ml.datasets.statistics import RunningStats
 from neuracore.ml.utils.atomic import replace_dir
 
@@ -66,11 +67,14 @@ class EpisodeSource:
     """An episode read lazily by `load()`: in a worker process when importing with several processes.
 
     `label` names where the episode comes from (file, folder) in errors and in the skipped list;
-    `load` must be picklable (a module-level function or a `functools.partial` of one).
+    `load` must be picklable (a module-level function or a `functools.partial` of one). `frames`,
+    where an importer can tell from metadata alone, returns the episode's frame count (for the
+    size estimate before an import; it may raise on a bad episode, which `load` then reports).
     """
 
     label: str
     load: Callable[[], Episode]
+    frames: Callable[[], int] | None = None
 
 
 @dataclass
@@ -81,6 +85,8 @@ class DatasetLayout:
     item_shapes: dict[DataType, dict[str, list[int]]] = field(default_factory=dict)  # images: [H, W, C]
     language_key: str = "instruction"
     image_encoding: str = "raw"  # RGB images: "raw" uint8, or "png"/"jpeg" bytes (decoded in loader workers)
+    # Resize targets per camera column (`item_shapes` then holds the resized shapes) and JPEG quality.
+    images: ImageProcessing = field(default_factory=ImageProcessing)
 
     def columns(self) -> dict[str, ColumnSpec]:
         """Arrow columns: union of items across robots for vectors, one column per camera otherwise."""
@@ -124,13 +130,24 @@ def _features(columns: dict[str, ColumnSpec]) -> Any:
     return hf.Features(feats)
 
 
-def _episode_rows(
-    episode: Episode, index: int, layout: DatasetLayout, columns: dict[str, ColumnSpec],
-    stats: dict[str, RunningStats], label: str, written_index: int,
-) -> dict[str, np.ndarray]:
-    """Validate one episode and lay it out as column arrays `[T, row_width]`.
+@dataclass
+class _Rows:
+    """One episode validated, resized and encoded: its column arrays and the rows its statistics take."""
 
-    Statistics are only updated once the whole episode is valid, so a skipped episode leaves none.
+    robot: str
+    language: str | None
+    arrays: dict[str, np.ndarray]
+    stats: list[tuple[str, int, np.ndarray]]
+
+
+def _episode_rows(
+    episode: Episode, index: int, layout: DatasetLayout, columns: dict[str, ColumnSpec], label: str,
+) -> _Rows:
+    """Validate one episode, resize and encode its frames, and lay it out as column arrays `[T, row_width]`.
+
+    Runs where the episode was read (a worker process with `workers` > 0). The statistics' rows
+    are returned, not added: the parent adds them once the whole episode is valid, in episode
+    order, so a skipped episode leaves none and any number of workers gives the same result.
     """
     where = f"episode {index}" + (f" ({label})" if label else "")
     if episode.robot not in layout.robots:
@@ -141,7 +158,7 @@ def _episode_rows(
     robot_items = layout.robots[episode.robot]
     pending_stats: list[tuple[str, int, np.ndarray]] = []
     out: dict[str, np.ndarray] = {
-        "episode_index": np.full(length, written_index, np.int32),
+        "episode_index": np.zeros(length, np.int32),  # set by the parent: skipped episodes leave no gap
         "frame_index": np.arange(length, dtype=np.int32),
     }
     for name, col in columns.items():
@@ -170,6 +187,9 @@ def _episode_rows(
                 )
             if values.dtype.kind not in "biuf":
                 raise DatasetError(f"{where}: {dt.value} item {item!r} holds {values.dtype} values, not numbers")
+            target = layout.images.sizes.get(name)
+            if target is not None and values.ndim == 4 and values.shape[-1] == col.item_shape[-1]:
+                values = resize_frames(values, target, layout.images.mode)
             values = values.reshape(length, -1)
             if values.shape[1] != width:
                 raise DatasetError(
@@ -195,7 +215,8 @@ def _episode_rows(
             out[name] = block.reshape(length, -1)
         else:
             frames = block.reshape(length, *col.item_shape)
-            out[name] = np.array([encode_image(f, col.encoding) for f in frames], dtype=object)
+            quality = layout.images.jpeg_quality
+            out[name] = np.array([encode_image(f, col.encoding, quality) for f in frames], dtype=object)
         if dt.modality == Modality.VECTOR:
             present = [j for j, item in enumerate(col.items) if item in have]
             for j in present:
@@ -207,9 +228,7 @@ def _episode_rows(
             if col.dtype == "uint8":
                 sub /= 255.0
             pending_stats.append((name, channels, sub))
-    for key, dim, rows in pending_stats:
-        stats.setdefault(key, RunningStats(dim)).update(rows)
-    return out
+    return _Rows(episode.robot, episode.language, out, pending_stats)
 
 
 def _to_table(arrays: dict[str, np.ndarray], schema: pa.Schema) -> pa.Table:
@@ -282,22 +301,30 @@ def _progress(name: str, total: int | None, enabled: bool) -> Iterator[Any]:
         bar.close()
 
 
-def _loaded(
-    episodes: Iterable[Episode | EpisodeSource], workers: int
-) -> Iterator[tuple[str, Episode | BaseException]]:
-    """(label, episode or the error reading it), in input order; `workers` > 0 reads in processes.
+def _read_rows(item: Episode | EpisodeSource, index: int, layout: DatasetLayout,
+               columns: dict[str, ColumnSpec]) -> _Rows:
+    """Read (if lazy), check, resize and encode one episode: the job of an import worker."""
+    episode = item if isinstance(item, Episode) else item.load()
+    return _episode_rows(episode, index, layout, columns, "" if isinstance(item, Episode) else item.label)
 
-    At most `2 * workers` episodes are in flight, so memory stays bounded by a few episodes.
+
+def _prepared(
+    episodes: Iterable[Episode | EpisodeSource], workers: int, layout: DatasetLayout, columns: dict[str, ColumnSpec],
+) -> Iterator[tuple[str, _Rows | BaseException]]:
+    """(label, the episode's rows or the error reading/checking it), in input order.
+
+    With `workers` > 0 each lazily read episode is read, resized and encoded in a worker process
+    (the parent only writes rows and adds statistics); an `Episode` already in memory is
+    prepared here. At most `2 * workers` episodes are in flight, so memory stays bounded by a
+    few episodes.
     """
     if workers <= 0:
-        for item in episodes:
-            if isinstance(item, Episode):
-                yield "", item
-                continue
+        for index, item in enumerate(episodes):
+            label = "" if isinstance(item, Episode) else item.label
             try:
-                yield item.label, item.load()
+                yield label, _read_rows(item, index, layout, columns)
             except DatasetError as exc:
-                yield item.label, exc
+                yield label, exc
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -307,14 +334,14 @@ def _loaded(
     # their own files, so nothing open in the parent is shared.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
-        pending: deque[tuple[str, Any]] = deque()
+        pending: deque[tuple[str, int, Any]] = deque()
 
-        def drain_one() -> tuple[str, Episode | BaseException]:
-            label, future = pending.popleft()
-            if isinstance(future, Episode):
-                return label, future
+        def drain_one() -> tuple[str, _Rows | BaseException]:
+            label, index, job = pending.popleft()
             try:
-                return label, future.result()
+                if isinstance(job, Episode):
+                    return label, _read_rows(job, index, layout, columns)
+                return label, job.result()
             except DatasetError as exc:
                 return label, exc
             except BrokenProcessPool:  # a worker killed (the OOM killer, a signal): not skippable, the pool is gone
@@ -322,19 +349,19 @@ def _loaded(
                                    "out-of-memory killer); nothing was written; import with fewer --workers") from None
 
         try:
-            for item in episodes:
+            for index, item in enumerate(episodes):
                 if isinstance(item, Episode):
-                    pending.append(("", item))
+                    pending.append(("", index, item))
                 else:
-                    pending.append((item.label, pool.submit(item.load)))
+                    pending.append((item.label, index, pool.submit(_read_rows, item, index, layout, columns)))
                 while len(pending) >= 2 * workers:
                     yield drain_one()
             while pending:
                 yield drain_one()
         except BaseException:
-            for _, future in pending:
-                if not isinstance(future, Episode):
-                    future.cancel()
+            for _, _, job in pending:
+                if not isinstance(job, Episode):
+                    job.cancel()
             raise
 
 
@@ -385,21 +412,24 @@ def materialize(
         start = 0
         # Episode by episode straight into one Arrow file: memory is bounded by a few episodes.
         with ArrowWriter(features=features, path=str(staging)) as writer, _progress(name, total, progress) as bar:
-            for index, (label, episode) in enumerate(_loaded(episodes, workers)):
+            for index, (label, rows) in enumerate(_prepared(episodes, workers, layout, columns)):
                 bar.update(1)
                 try:
-                    if isinstance(episode, BaseException):
-                        raise DatasetError(_with_episode(str(episode), index, label)) from None
-                    arrays = _episode_rows(episode, index, layout, columns, stats, label, len(episode_specs))
+                    if isinstance(rows, BaseException):
+                        raise DatasetError(_with_episode(str(rows), index, label)) from None
                 except DatasetError as exc:
                     if not skip_bad_episodes:
                         raise
                     logger.warning("skipping episode %d: %s", index, exc)
                     skipped.append({"index": index, "label": label, "error": str(exc)})
                     continue
+                arrays = rows.arrays
+                arrays["episode_index"][:] = len(episode_specs)
+                for key, dim, values in rows.stats:
+                    stats.setdefault(key, RunningStats(dim)).update(values)
                 length = len(arrays["episode_index"])
                 writer.write_table(_to_table(arrays, schema))
-                episode_specs.append(EpisodeSpec(episode.robot, start, length, episode.language))
+                episode_specs.append(EpisodeSpec(rows.robot, start, length, rows.language))
                 start += length
                 bar.set_postfix(frames=start, refresh=False)
             writer.finalize()

@@ -16,7 +16,7 @@ from neuracore.ml.datasets.importers.common import (
     check_timestamps,
     load_mapping,
 )
-from neuracore.ml.datasets.materialize import Episode, EpisodeSource, _loaded
+from neuracore.ml.datasets.materialize import DatasetLayout, Episode, EpisodeSource, _prepared
 
 
 def _episode(i: int) -> Episode:
@@ -37,11 +37,12 @@ def test_loaded_keeps_order_bounds_prefetch_and_returns_errors(workers: int) -> 
             load = functools.partial(_bad if i == 3 else _episode, i)
             yield EpisodeSource(f"ep{i}.bin", load)
 
+    layout = DatasetLayout(robots={"arm": {DataType.JOINT_POSITIONS: ["j"]}})
     seen = []
-    for label, ep in _loaded(sources(), workers):
+    for label, rows in _prepared(sources(), workers, layout, layout.columns()):
         # never more than 2 * workers episodes read ahead of the one being written
         assert len(pulled) - len(seen) <= max(2 * workers, 1)
-        seen.append((label, ep if isinstance(ep, DatasetError) else float(ep.data[DataType.JOINT_POSITIONS]["j"][0])))
+        seen.append((label, rows if isinstance(rows, DatasetError) else float(rows.arrays["JOINT_POSITIONS"][0, 0])))
     assert [s[0] for s in seen] == [f"ep{i}.bin" for i in range(8)]
     assert [s[1] for s in seen if not isinstance(s[1], DatasetError)] == [0, 1, 2, 4, 5, 6, 7]
     assert str(seen[3][1]) == "ep3.bin: unreadable"

@@ -130,6 +130,22 @@ def _load(root: str, folder: str, meta: dict[str, Any], frequency: float, max_de
     return Episode(robot=str(meta.get("robot", "robot")), data=data, language=meta.get("language") or language)
 
 
+def _frames(root: str, folder: str, meta: dict[str, Any], frequency: float, max_delay_s: float) -> int:
+    """Frames the episode will have once resampled, from its streams' timestamps alone (not their values)."""
+    streams = {}
+    for name in meta["streams"]:
+        file = confine(Path(root), folder, f"{name}.npz", where=f"{folder}: stream {name!r}")
+        shape, dtype = _header(file, "timestamps")
+        check_declared_shape(shape, dtype.itemsize, f"{folder}: stream {name!r} 'timestamps'")
+        try:
+            with np.load(file, allow_pickle=False) as z:
+                ts = z["timestamps"]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            raise DatasetError(f"{file}: unreadable stream file ({exc})") from None
+        streams[name] = (ts, ts)
+    return len(next(iter(synchronize(streams, frequency, max_delay_s, folder).values())))
+
+
 def plan(path: Path, options: ImportOptions) -> ImportPlan:
     """Scan every `episode.json` (small) to declare robots, items and image shapes up front."""
     root = Path(path)
@@ -174,7 +190,8 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
     layout = DatasetLayout(robots=robots, item_shapes=shapes)
     max_delay = options.max_delay_s if options.max_delay_s is not None else 2.0 / options.frequency
     sources = [EpisodeSource(f.name, functools.partial(_load, str(root), f.name, m, options.frequency, max_delay,
-                                                       options.language))
+                                                       options.language),
+                             functools.partial(_frames, str(root), f.name, m, options.frequency, max_delay))
                for f, m in zip(folders, metas, strict=True)]
     return ImportPlan(layout, sources, options.frequency, {"kind": "episodes", "path": str(root.resolve()),
                                                            "max_delay_s": max_delay})

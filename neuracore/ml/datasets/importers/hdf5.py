@@ -264,6 +264,15 @@ def _load(path: str, group_path: str, robot: str, fields: list[Field], eef: list
     return episode_from_arrays(robot, fields, arrays, language, where)
 
 
+def _frames(path: str, group_path: str, key: str, where: str) -> int:
+    """Frames of one episode from the shape of one of its arrays (metadata only)."""
+    with _open(Path(path)) as f:
+        group = _node(f, group_path, where) if group_path else f
+        if group is None or not hasattr(group, "keys"):
+            raise DatasetError(f"{where}: group {group_path!r} missing")
+        return int(_dataset(group, key, where).shape[0])
+
+
 def plan(path: Path, options: ImportOptions) -> ImportPlan:
     """Inspect `path` (a folder of ACT episodes, one ACT episode or a robomimic file)."""
     path = Path(path)
@@ -316,8 +325,10 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
     language = options.language or (str(attrs_language) if attrs_language else None)
     robot = default_robot(options, None)
     layout = build_layout(robot, fields, language is not None)
+    joined = {f"obs/{p}eef" for p in eef}  # pos + quat joined on load: not a key of the file
     sources = [
-        EpisodeSource(label, functools.partial(_load, p, g, robot, fields, eef, language, label))
+        EpisodeSource(label, functools.partial(_load, p, g, robot, fields, eef, language, label),
+                      functools.partial(_frames, p, g, next(f.key for f in fields if f.key not in joined), label))
         for p, g, label in demos
     ]
     return ImportPlan(layout, sources, frequency, {"kind": "hdf5", "style": style, "path": str(path.resolve())})

@@ -372,7 +372,9 @@ def plan(path: Path, options: ImportOptions) -> ImportPlan:
         language = language or options.language
         any_language |= language is not None
         load = functools.partial(_load, str(root), meta, robot, fields, storage, fps, data_path, video_path, language)
-        sources.append(EpisodeSource(f"episode_index {int(meta['episode_index'])}", load))
+        length = meta.get("length")
+        frames = functools.partial(int, length) if isinstance(length, int) and length > 0 else None
+        sources.append(EpisodeSource(f"episode_index {int(meta['episode_index'])}", load, frames))
     layout = build_layout(robot, fields, any_language)
     return ImportPlan(layout, sources, fps, {"kind": "lerobot", "path": str(root.resolve()),
                                              "codebase_version": version, "robot_type": info.get("robot_type")})
