@@ -247,3 +247,21 @@ def test_api_accepts_tuples_and_mappings(home: Path, tmp_path: Path) -> None:
     assert open_dataset("t").spec.columns["RGB_IMAGES.wrist"].item_shape == [60, 80, 3]
     cols = open_dataset("m").spec.columns
     assert cols["RGB_IMAGES.top"].item_shape == [30, 40, 3] and cols["RGB_IMAGES.wrist"].item_shape == [480, 640, 3]
+
+
+@pytest.mark.parametrize("kind", ["hdf5", "lerobot"])
+def test_estimate_from_other_importers_metadata(home: Path, tmp_path: Path, kind: str) -> None:
+    from lerobot_writer import write_lerobot
+    from test_import_hdf5 import write_act
+
+    if kind == "hdf5":
+        write_act(tmp_path / "src", lengths=[4, 5, 6])
+    else:
+        write_lerobot(tmp_path / "src", [4, 5, 6], video=False)
+    lines: list[str] = []
+    api.import_dataset(kind, tmp_path / "src", "d", image_size="16x16", on_estimate=lines.append)
+    ds = open_dataset("d")
+    arrow = sum(f.stat().st_size for f in (ds.path / DATA_DIR).glob("*.arrow"))
+    assert "15 frames" in lines[0] and "frame counts from metadata" in lines[0], lines
+    assert abs(ds.spec.source["estimated_bytes"] - arrow) <= 0.1 * arrow  # small rows: Arrow framing weighs more
+    assert all(c.item_shape[:2] == [16, 16] for c in ds.spec.columns.values() if c.data_type == "RGB_IMAGES")
