@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
 import math
 import numbers
 import typing
@@ -19,6 +20,9 @@ from neuracore.ml.core.relative_actions import parse_pairs
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DEVICES = ("cpu", "cuda", "mps")
+# report_to: tracker name -> (module it imports, what to pip install when it is missing)
+TRACKERS = {"tensorboard": ("tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+            "mlflow": ("mlflow", "mlflow-skinny")}
 
 
 @dataclass
@@ -134,6 +138,8 @@ class TrainConfig:
     local_output_dir: str | None = None
     resume_checkpoint_path: str | None = None
     push_to_storage: str | None = None
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    tracker_project: str | None = None
     training: LoopOptions = field(default_factory=LoopOptions)
     dataset: LoaderOptions = field(default_factory=LoaderOptions)
     autotune: AutotuneOptions = field(default_factory=AutotuneOptions)
@@ -266,6 +272,29 @@ def _section(key: str, node: Any, cls: type) -> Any:
     return cls(**{k: _check(f"{key}.{k}", v, hints[k]) for k, v in node.items()})
 
 
+def _report_to(value: Any) -> list[str]:
+    """`report_to`: known tracker names, each installed; a single name or `none` is accepted too."""
+    if value is None or value == "none":
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"report_to={value!r}: expected a list like [tensorboard, wandb, mlflow] ([] for none)")
+    names: list[str] = []
+    for name in value:
+        if not isinstance(name, str) or name not in TRACKERS:
+            hint = _close(name, list(TRACKERS)) if isinstance(name, str) else ""
+            raise ConfigError(f"report_to: unknown tracker {name!r}{hint}; valid: {', '.join(TRACKERS)}")
+        if name not in names:
+            names.append(name)
+    for name in names:
+        module, package = TRACKERS[name]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"report_to: {name} is not installed; pip install {package} "
+                              "(or pip install 'neuracore[trackers]')")
+    return names
+
+
 def _lora_options(node: Any) -> LoraOptions:
     """`lora.*` with ranges: rank >= 0, alpha > 0, dropout in [0, 1), patterns as lists or auto."""
     lora = _section("lora", node, LoraOptions)
@@ -301,6 +330,9 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
                 values[key] = value
                 continue
             raise ConfigError(f"batch_size={value!r}: expected a positive integer or auto")
+        if key == "report_to":
+            values[key] = _report_to(value)
+            continue
         values[key] = _check(key, value, hints[key])
     if not values.get("dataset_name"):
         from neuracore.ml.datasets.format import available_datasets

@@ -13,6 +13,7 @@ from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_ob
 
 from neuracore.ml.config.schema import TrainConfig
 from neuracore.ml.core.errors import ConfigError
+from neuracore.ml.trainers.tracking import build_trackers
 from neuracore.ml.utils.paths import check_name, runs_root
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def apply_gpu_defaults() -> None:
 
 
 def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
-    """The Accelerator: devices, DDP, mixed precision, accumulation and TensorBoard in `run_dir`."""
+    """The Accelerator: devices, DDP, mixed precision, accumulation and the `report_to` trackers of `run_dir`."""
     project = ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir), automatic_checkpoint_naming=False)
     if not _use_cpu(config):
         apply_gpu_defaults()
@@ -95,7 +96,7 @@ def make_accelerator(config: TrainConfig, run_dir: Path) -> Accelerator:
         cpu=_use_cpu(config),
         mixed_precision="bf16" if accelerator_defaults_bf16(config) else config.mixed_precision,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        log_with="tensorboard",
+        log_with=build_trackers(config, run_dir),  # started by tracking.start_tracking (rank 0)
         project_config=project,
         step_scheduler_with_optimizer=False,
         # One process: trainers/step.py compiles the whole step. Several: accelerate compiles the model in
