@@ -21,8 +21,7 @@ from pathlib import Path
 
 from neuracore.ml.core.errors import ConfigError, run_cli
 from neuracore.ml.storage import Hub, is_model_folder, parse_repo, push_model, push_run
-from neuracore.ml.storage.backend import STORAGE_ENV, redact
-from neuracore.ml.storage.models import check_storage_url
+from neuracore.ml.storage.backend import STORAGE_ENV, check_storage_url, redact
 
 MB = 1e6
 

@@ -303,9 +303,26 @@ def _s3_store(url: str) -> Store:
     return FsspecStore(fs, root, url)
 
 
+def check_storage_url(url: str | None) -> str | None:
+    """`url` unchanged, or a one-line `ConfigError` when it carries credentials (`s3://KEY:SECRET@bucket/...`).
+
+    Keys written into a URL end up in the S3 client's own error messages (as a bucket name) and in shell
+    history; they belong in the AWS variables or a profile. The message shows the URL redacted.
+    """
+    if url and redact(url) != url:
+        raise ConfigError(
+            f"storage {redact(url)}: credentials in the URL are not accepted (they would be echoed); use "
+            "s3://bucket/prefix with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        )
+    return url
+
+
 def open_store(url: str | None = None) -> Store:
-    """The storage at `url` (default: `$NEURACORE_STORAGE_URL` or `file://$NEURACORE_HOME/storage`)."""
-    url = url or default_storage_url()
+    """The storage at `url` (default: `$NEURACORE_STORAGE_URL` or `file://$NEURACORE_HOME/storage`).
+
+    Every push and pull (models, runs, datasets) opens its storage here, so a URL with credentials is
+    refused here, before any client sees it."""
+    url = check_storage_url(url or default_storage_url())
     protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
     if protocol in ("file", "local"):
         path = url.split("://", 1)[1] if "://" in url else url

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from neuracore.ml.core.errors import CheckpointError, ConfigError, one_line
-from neuracore.ml.storage.backend import STORAGE_ENV, redact
 from neuracore.ml.storage.errors import StorageError
 from neuracore.ml.storage.hub import Hub, PreparedPush, PushResult
 from neuracore.ml.storage.names import parse_repo
@@ -26,23 +24,8 @@ def is_model_folder(path: str | Path) -> bool:
     return (p / CONFIG_FILE).is_file() and (p / WEIGHTS_FILE).is_file()
 
 
-def check_storage_url(url: str | None) -> str | None:
-    """`url` unchanged, or a one-line `ConfigError` when it carries credentials (`s3://KEY:SECRET@bucket/...`).
-
-    Keys written into a URL end up in the S3 client's own error messages (as a bucket name) and in shell
-    history; they belong in the AWS variables or a profile. The message shows the URL redacted.
-    """
-    if url and redact(url) != url:
-        raise ConfigError(
-            f"storage {redact(url)}: credentials in the URL are not accepted (they would be echoed); use "
-            "s3://bucket/prefix with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
-        )
-    return url
-
-
 def _hub(storage_url: str | None) -> Hub:
-    """The hub at `storage_url` (default `$NEURACORE_STORAGE_URL`), credentials in the URL refused."""
-    check_storage_url(storage_url or os.environ.get(STORAGE_ENV))
+    """The hub at `storage_url` (default `$NEURACORE_STORAGE_URL`; credentials in the URL are refused by `open_store`)."""
     return Hub(storage_url)
 
 
