@@ -108,8 +108,10 @@ def test_a_killed_run_resumed_with_auto_continues_the_same_tracker_runs(offline_
     # wandb offline: one folder per process, one run id (`wandb sync` joins them). A SIGKILLed process loses
     # what wandb's service had not yet written, so only the resumed process's history is exact.
     wruns = read_wandb_offline(run)
-    assert len(wruns) == 2 and {r["id"] for r in wruns} == {first["wandb"]["id"]}
-    assert {r["name"] for r in wruns} == {"again"}
+    # (the killed process may not even have written its run record: only ids and names it did write are checked)
+    assert len(wruns) == 2 and wruns[1].get("id") == first["wandb"]["id"] and wruns[1].get("name") == "again"
+    assert {r["id"] for r in wruns if "id" in r} == {first["wandb"]["id"]}
+    assert {r["name"] for r in wruns if "name" in r} == {"again"}
     assert set(wandb_scalars(wruns[1])) == tb_tags
     assert [s for s, _ in wandb_scalars(wruns[1])["train/loss"]] == [4]
     assert [s for s, _ in wandb_scalars(wruns[1])["model/num_parameters"]] == [2]
