@@ -22,6 +22,14 @@ CONFIG_DIR = str(Path(__file__).parent / "config")
 
 def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
     """Run one training job described by a validated config; returns the summary."""
+    from neuracore.ml.trainers.guards import PreemptionHandler
+
+    # SIGTERM/SIGUSR1 are caught from the start: one sent during set-up stops the run after its first step
+    with PreemptionHandler() as preemption:
+        return _train(config, job_num, preemption)
+
+
+def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from neuracore.ml.core.model import build_model
@@ -147,7 +155,7 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
         if created:
             discard_unstarted_run(run_dir)
         raise
-    result = fit(accelerator, parts, config, run_dir, trainer_state, on_validation)
+    result = fit(accelerator, parts, config, run_dir, trainer_state, preemption, on_validation)
     export_run(accelerator, model, run_dir / "model", result.state, result.train_losses,
                result.validation_losses, dataset_info, command)
     pushed = {}

@@ -183,9 +183,14 @@ def fit(
     config: TrainConfig,
     run_dir: Path,
     state: TrainerState,
+    preemption: PreemptionHandler,
     on_validation: Callable[[dict[str, float], TrainerState], None] | None = None,
 ) -> LoopResult:
-    """Train until `parts.total_steps` optimizer steps; validate, log and checkpoint on the way."""
+    """Train until `parts.total_steps` optimizer steps; validate, log and checkpoint on the way.
+
+    `preemption` is entered by the caller before set-up starts, so a SIGTERM that arrives while the dataset
+    is opened or the step is compiled is not lost: the run then stops after its first step with a checkpoint.
+    """
     model = parts.model
     model.train()
     validation_every = config.training.validation_frequency
@@ -217,84 +222,83 @@ def fit(
             on_validation(last_val, state)
 
     try:
-        with PreemptionHandler() as preemption:
-            while not done:
-                epoch = state.epoch
-                loader = parts.train_loader
-                if state.batches_in_epoch:
-                    loader = accelerator.skip_first_batches(parts.train_loader, state.batches_in_epoch)
-                # accelerate's loaders set the sampler's epoch from their own pass counter when iterated, which
-                # restarts at 0 in a resumed process: tell them the real epoch (else the order after the first
-                # epoch boundary of a resumed run repeats epoch 0's)
-                for target in (loader, parts.train_loader, parts.sampler):
-                    if hasattr(target, "set_epoch"):
-                        target.set_epoch(epoch)
-                iterator = iter(DevicePrefetcher(loader, accelerator.device))
-                while True:
-                    fetch = time.perf_counter()
-                    try:
-                        batch = next(iterator)
-                    except StopIteration:
-                        break
-                    window.data_time += time.perf_counter() - fetch
-                    if not images_logged and config.training.log_images:
-                        log_image_grid(accelerator, batch, state.step)
-                        images_logged = True
-                    try:
-                        losses, grad_norm = train_step(parts, batch)
-                    except StepFailed as failed:
-                        if not should_reduce_batch_size(failed.cause):
-                            raise failed.cause from None
-                        if accelerator.num_processes > 1:
-                            _stop_alone_for_memory(accelerator, run_dir, parts.batch_size, synced.step)
-                        _stop_for_memory(accelerator, parts, run_dir, synced, config,
-                                         f"out of memory in a training step (batch_size={parts.batch_size})",
-                                         can_checkpoint=not failed.weights_touched)
-                    n = _batch_size_of(batch)
-                    window.add(losses, n)
-                    guard.observe(losses, state.step + 1)
-                    state.batches_in_epoch += 1
-                    state.samples_seen += n * accelerator.num_processes
-                    if not accelerator.sync_gradients:
-                        continue
-                    for scheduler in parts.schedulers:
-                        scheduler.step()
-                    state.step += 1
-                    core.on_optimizer_step(state.step)
-                    window.grad_norm = grad_norm
-                    progress.update(1)
-                    breach = monitor.check(state.step)
-                    if breach:
-                        _stop_for_memory(accelerator, parts, run_dir, state, config, f"memory_monitor: {breach}")
-                    logging_now = state.step % config.logging_frequency == 0 or state.step == parts.total_steps
-                    validating = bool(validation_every) and state.step % validation_every == 0
-                    checkpointing = state.step % config.checkpoint_frequency == 0
-                    if logging_now or validating or checkpointing:  # the host decides here anyway: read the flag
-                        guard.check(accelerator, f"at step {state.step}", run_dir)
-                    if logging_now:
-                        last_train = _log_window(accelerator, parts, window, state)
-                        progress.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}")
-                        window = _Window()
-                    paused = time.perf_counter()
-                    if validating:
-                        run_validation()
-                    done = state.step >= parts.total_steps
-                    if checkpointing and not done:
-                        save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)
-                    if not done and preemption.requested(accelerator, state.step, every=PREEMPTION_CHECK_STEPS):
-                        _stop_for_preemption(accelerator, run_dir, state, config, core, guard, preemption,
-                                             saved=checkpointing)
-                    window.paused += time.perf_counter() - paused
-                    synced = dataclasses.replace(state)
-                    if done:
-                        break
-                if not done or state.batches_in_epoch >= len(parts.train_loader):
-                    state.epoch = epoch + 1
-                    state.batches_in_epoch = 0
-                    synced = dataclasses.replace(state)
-                    if not validation_every:
-                        guard.check(accelerator, f"at the end of epoch {epoch} (step {state.step})", run_dir)
-                        run_validation()
+        while not done:
+            epoch = state.epoch
+            loader = parts.train_loader
+            if state.batches_in_epoch:
+                loader = accelerator.skip_first_batches(parts.train_loader, state.batches_in_epoch)
+            # accelerate's loaders set the sampler's epoch from their own pass counter when iterated, which
+            # restarts at 0 in a resumed process: tell them the real epoch (else the order after the first
+            # epoch boundary of a resumed run repeats epoch 0's)
+            for target in (loader, parts.train_loader, parts.sampler):
+                if hasattr(target, "set_epoch"):
+                    target.set_epoch(epoch)
+            iterator = iter(DevicePrefetcher(loader, accelerator.device))
+            while True:
+                fetch = time.perf_counter()
+                try:
+                    batch = next(iterator)
+                except StopIteration:
+                    break
+                window.data_time += time.perf_counter() - fetch
+                if not images_logged and config.training.log_images:
+                    log_image_grid(accelerator, batch, state.step)
+                    images_logged = True
+                try:
+                    losses, grad_norm = train_step(parts, batch)
+                except StepFailed as failed:
+                    if not should_reduce_batch_size(failed.cause):
+                        raise failed.cause from None
+                    if accelerator.num_processes > 1:
+                        _stop_alone_for_memory(accelerator, run_dir, parts.batch_size, synced.step)
+                    _stop_for_memory(accelerator, parts, run_dir, synced, config,
+                                     f"out of memory in a training step (batch_size={parts.batch_size})",
+                                     can_checkpoint=not failed.weights_touched)
+                n = _batch_size_of(batch)
+                window.add(losses, n)
+                guard.observe(losses, state.step + 1)
+                state.batches_in_epoch += 1
+                state.samples_seen += n * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                for scheduler in parts.schedulers:
+                    scheduler.step()
+                state.step += 1
+                core.on_optimizer_step(state.step)
+                window.grad_norm = grad_norm
+                progress.update(1)
+                breach = monitor.check(state.step)
+                if breach:
+                    _stop_for_memory(accelerator, parts, run_dir, state, config, f"memory_monitor: {breach}")
+                logging_now = state.step % config.logging_frequency == 0 or state.step == parts.total_steps
+                validating = bool(validation_every) and state.step % validation_every == 0
+                checkpointing = state.step % config.checkpoint_frequency == 0
+                if logging_now or validating or checkpointing:  # the host decides here anyway: read the flag
+                    guard.check(accelerator, f"at step {state.step}", run_dir)
+                if logging_now:
+                    last_train = _log_window(accelerator, parts, window, state)
+                    progress.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}")
+                    window = _Window()
+                paused = time.perf_counter()
+                if validating:
+                    run_validation()
+                done = state.step >= parts.total_steps
+                if checkpointing and not done:
+                    save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)
+                if not done and preemption.requested(accelerator, state.step, every=PREEMPTION_CHECK_STEPS):
+                    _stop_for_preemption(accelerator, run_dir, state, config, core, guard, preemption,
+                                         saved=checkpointing)
+                window.paused += time.perf_counter() - paused
+                synced = dataclasses.replace(state)
+                if done:
+                    break
+            if not done or state.batches_in_epoch >= len(parts.train_loader):
+                state.epoch = epoch + 1
+                state.batches_in_epoch = 0
+                synced = dataclasses.replace(state)
+                if not validation_every:
+                    guard.check(accelerator, f"at the end of epoch {epoch} (step {state.step})", run_dir)
+                    run_validation()
     except BaseException:
         progress.close()  # the bar's last redraw goes out before the one-line error, not after it
         raise
