@@ -10,6 +10,10 @@
     python tools/dataset.py show my_dataset --episode 0 --frame 10 [--json]
     python tools/dataset.py verify my_dataset
     python tools/dataset.py delete my_dataset
+    python tools/dataset.py merge a b c --name abc
+    python tools/dataset.py split abc --fraction 0.8 --seed 0 --name abc_train --rest-name abc_val
+    python tools/dataset.py filter abc --name abc_clean --drop-episodes 3,5-7 --min-length 2.5s --robot so100
+    python tools/dataset.py stats abc [--write]
 """
 
 from __future__ import annotations
@@ -98,6 +102,110 @@ def _print_frame(shown: dict[str, Any]) -> None:
                 print(f"    {item}: {v!r}")
 
 
+# --- merge, split, filter, stats (neuracore.ml.datasets.tools) ---------------------------------------------
+
+_EDIT_TOOLS = ("merge", "split", "filter", "stats")
+
+
+def _add_edit_tools(sub: Any) -> None:
+    """Sub-commands that write a new dataset from existing ones (atomic, like import), and `stats`."""
+    p = sub.add_parser("merge", help="merge datasets (robots unioned) into a new one")
+    p.add_argument("inputs", nargs="+", metavar="NAME", help="two or more datasets, merged in this order")
+    p.add_argument("--name", required=True, help="the new dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p = sub.add_parser("split", help="split a dataset by episodes (ranges or a seeded fraction)")
+    p.add_argument("input", metavar="NAME")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--episodes", help="episode indices and inclusive ranges for --name, e.g. 0-9,20")
+    how.add_argument("--fraction", type=float, help="share of the episodes (0..1, by episode) for --name, e.g. 0.8")
+    p.add_argument("--seed", type=int, default=0, help="seed of the episode permutation with --fraction (default 0)")
+    p.add_argument("--name", required=True, help="the dataset of the chosen episodes")
+    p.add_argument("--rest-name", help="also write the other episodes as this dataset")
+    p.add_argument("--overwrite", action="store_true", help="replace existing datasets of those names")
+    p = sub.add_parser("filter", help="keep the episodes that pass every criterion, as a new dataset")
+    p.add_argument("input", metavar="NAME")
+    p.add_argument("--name", required=True, help="the new dataset")
+    p.add_argument("--drop-episodes", metavar="3,5-7", help="episode indices and inclusive ranges to drop")
+    p.add_argument("--min-length", metavar="N|Ts", help="drop episodes shorter than N frames (50) or T seconds (2.5s)")
+    p.add_argument("--max-length", metavar="N|Ts", help="drop episodes longer than N frames (500) or T seconds (30s)")
+    p.add_argument("--robot", action="append", metavar="ROBOT",
+                   help="keep only this robot's episodes (repeat or comma-separate for several)")
+    p.add_argument("--language", metavar="REGEX", help="keep episodes whose instruction matches (re.search)")
+    p.add_argument("--exclude-language", metavar="REGEX", help="drop episodes whose instruction matches")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p = sub.add_parser("stats", help="recompute statistics (mean, std, min, max, q01, q99) and compare")
+    p.add_argument("input", metavar="NAME")
+    p.add_argument("--write", action="store_true", help="replace the statistics in spec.json (atomically)")
+    p.add_argument("--json", action="store_true")
+
+
+def _ranges(indices: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][1] + 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def _vec(values: list[float]) -> str:
+    return "[" + ", ".join(f"{x:.4g}" for x in values) + "]"
+
+
+def _run_edit_tools(args: argparse.Namespace) -> int:
+    """merge / split / filter / stats."""
+    from neuracore.ml.datasets import tools
+    from neuracore.ml.datasets.tools.stats import STAT_NAMES
+
+    if args.command == "merge":
+        r = tools.merge_datasets(args.inputs, args.name, overwrite=args.overwrite)
+        print(f"merged {', '.join(map(repr, r['inputs']))} into {args.name!r}: {r['episodes']} episodes, "
+              f"{r['frames']} frames, robots {', '.join(r['robots'])}, at {r['path']}")
+    elif args.command == "split":
+        r = tools.split_dataset(args.input, args.name, episodes=args.episodes, fraction=args.fraction, seed=args.seed,
+                                rest_name=args.rest_name, overwrite=args.overwrite)
+        how = f"--episodes {args.episodes}" if args.episodes else f"--fraction {args.fraction:g} --seed {args.seed}"
+        print(f"split {args.input!r} ({r['episodes']} episodes) by {how}:")
+        for o in r["outputs"]:
+            print(f"  {o['name']!r}: {len(o['episodes'])} episodes ({_ranges(o['episodes'])}), {o['frames']} frames, "
+                  f"at {o['path']}")
+    elif args.command == "filter":
+        robots = [r.strip() for v in args.robot for r in v.split(",")] if args.robot else None
+        r = tools.filter_dataset(args.input, args.name, drop_episodes=args.drop_episodes, min_length=args.min_length,
+                                 max_length=args.max_length, robots=robots, language=args.language,
+                                 exclude_language=args.exclude_language, overwrite=args.overwrite)
+        print(f"kept {len(r['kept'])} of {r['episodes']} episodes ({r['frames']} of {r['input_frames']} frames) of "
+              f"{args.input!r} as {args.name!r} at {r['path']}")
+        print(f"dropped {len(r['dropped'])} episodes" + (":" if r["dropped"] else ""))
+        for d in r["dropped"][:50]:
+            print(f"  episode {d['episode']}: {'; '.join(d['reasons'])}")
+        if len(r["dropped"]) > 50:
+            print(f"  ... and {len(r['dropped']) - 50} more (listed in spec.json source.dropped)")
+    elif args.command == "stats":
+        r = tools.dataset_statistics(args.input, write=args.write)
+        if args.json:
+            print(json.dumps(r, indent=1))
+            return 0
+        print(f"statistics of {args.input!r}, recomputed from {r['frames']} frames ({r['note']}):")
+        for dt, per_item in r["statistics"].items():
+            print(f"  {dt}:")
+            for item, s in per_item.items():
+                print(f"    {item}: " + " ".join(f"{k} {_vec(s[k])}" for k in STAT_NAMES))
+        if not r["differences"]:
+            print("same as stored in spec.json" + (" (left as it is)" if args.write else ""))
+        else:
+            print(f"differences from spec.json ({len(r['differences'])} items):")
+            for d in r["differences"]:
+                what = d["change"] if d["change"] != "changed" else "max |difference| " + ", ".join(
+                    f"{k} {v:.3g}" for k, v in d["max_abs_difference"].items())
+                print(f"  {d['data_type']} {d['item']}: {what}")
+            print(f"wrote the new statistics to {r['path']}/spec.json (fingerprint unchanged: it covers the Arrow "
+                  "files only)" if r["written"] else "pass --write to store them in spec.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; errors are one line on stderr with exit status 2."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -123,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("spec", help="org/name or org/name@revision")
     p.add_argument("--name", help="local dataset name (default: the repository name)")
     p.add_argument("--storage", help="storage URL")
+    _add_edit_tools(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_cli("dataset", _run, args)
@@ -130,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """The chosen subcommand (errors are reported by `run_cli`)."""
+    if args.command in _EDIT_TOOLS:
+        return _run_edit_tools(args)
     if args.command == "import":
         start = time.perf_counter()
         path = api.import_dataset(

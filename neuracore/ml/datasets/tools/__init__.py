@@ -30,4 +30,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["compute_statistics", "dataset_statistics", "filter_dataset", "merge_datasets", "parse_episodes", "split_dataset"]
