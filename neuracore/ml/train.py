@@ -32,6 +32,8 @@ def train(config: TrainConfig, job_num: int | None = None) -> dict[str, Any]:
 def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
+    from neuracore.ml.core.augment import build_augmenter
+    from neuracore.ml.core.data_types import DataType
     from neuracore.ml.core.model import build_model
     from neuracore.ml.core.relative_actions import pairs_to_json
     from neuracore.ml.datasets.format import open_dataset
@@ -87,6 +89,12 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
                     f"{trainable:,}", _items(data.model_init.inputs), _items(data.model_init.outputs))
         logger.info("episodes: %d train, %d validation (split by episode); %d training windows",
                     len(data.train_episodes), len(data.validation_episodes), len(data.train))
+        cameras = data.model_init.inputs[DataType.RGB_IMAGES].items if DataType.RGB_IMAGES in data.model_init.inputs else []
+        augmenter = build_augmenter(config.training.augmentation, cameras)
+        if augmenter is not None:
+            logger.info("image augmentation on the device, per sample: %s%s",
+                        ", ".join((["crop/affine"] if augmenter.geometric else []) + augmenter.colour),
+                        f" (cameras: {', '.join(c for c, on in zip(cameras, augmenter.active) if on)})")
         optimizers = model.configure_optimizers()
         prepared = accelerator.prepare(model, *optimizers)
         model, optimizers = prepared[0], list(prepared[1:])
@@ -135,7 +143,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         accelerator.log({"model/num_parameters": float(total_params), "model/trainable_parameters": float(trainable)},
                         step=trainer_state.step)
         step = build_step(accelerator, model, optimizers, config.training.max_grad_norm, config.compile,
-                          cuda_graphs=config.training.cuda_graphs)
+                          cuda_graphs=config.training.cuda_graphs, augmenter=augmenter)
         parts = LoopParts(model, optimizers, schedulers, train_loader, val_loader, sampler, total_steps,
                           steps_per_epoch, batch_size, step)
         dataset_info = {

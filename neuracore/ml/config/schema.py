@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from neuracore.ml.core.augment import parse_augmentation
 from neuracore.ml.core.errors import ConfigError, one_line
 from neuracore.ml.core.hyperparameters import check_hyperparameters
 from neuracore.ml.core.model import NeuracoreModel
@@ -33,6 +34,7 @@ class LoopOptions:
     validation_frequency: int | None = None
     log_images: bool = True
     cuda_graphs: bool = True  # with compile=true on CUDA: capture the compiled step once and replay it
+    augmentation: Any = None  # `training.augmentation.*`: core/augment.py AugmentationOptions (parsed there)
 
 
 @dataclass
@@ -369,6 +371,7 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         for dt in values.get(key) or []:
             DataType.parse(dt, key)
     training = _section("training", cfg.get("training"), LoopOptions)
+    training.augmentation = parse_augmentation(training.augmentation)
     _positive("training.validation_frequency", training.validation_frequency)
     if training.max_grad_norm is not None and training.max_grad_norm <= 0:
         raise ConfigError(f"training.max_grad_norm={training.max_grad_norm}: must be > 0 (or null: no clipping)")

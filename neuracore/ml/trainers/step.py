@@ -27,6 +27,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from neuracore.ml.core import batch as keys
+from neuracore.ml.core.augment import PARAMS_KEY, ImageAugmenter, with_images
+from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.trainers.accelerator import core_model
 
@@ -45,8 +48,9 @@ class EagerStep:
     compiled = False
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizers: list[Any],
-                 max_grad_norm: float | None) -> None:
+                 max_grad_norm: float | None, augmenter: ImageAugmenter | None = None) -> None:
         self.accelerator = accelerator
+        self.augmenter = augmenter
         self.model = model
         self.optimizers = optimizers
         self.core = core_model(accelerator, model)
@@ -57,6 +61,8 @@ class EagerStep:
         accelerator = self.accelerator
         self.stepping = False
         batch = self.core.prepare_batch(batch)
+        if self.augmenter is not None:
+            batch = self.augmenter(batch)
         grad_norm = None
         with accelerator.accumulate(self.model):
             losses = self.model(batch)
@@ -81,8 +87,10 @@ class CompiledStep:
     compiled = True
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizers: list[Any],
-                 max_grad_norm: float | None, cuda_graphs: bool = True, backend: str = "inductor") -> None:
+                 max_grad_norm: float | None, cuda_graphs: bool = True, backend: str = "inductor",
+                 augmenter: ImageAugmenter | None = None) -> None:
         self.accelerator = accelerator
+        self.augmenter = augmenter
         self.core = core_model(accelerator, model)
         self.optimizers = [getattr(o, "optimizer", o) for o in optimizers]  # accelerate's wrapper → torch's
         self.limit = float(max_grad_norm) if max_grad_norm else None
@@ -107,6 +115,10 @@ class CompiledStep:
 
     # --- the compiled bodies -------------------------------------------------------------------
     def _loss_and_grads(self, batch: dict[str, Any]) -> tuple[Losses, list[torch.Tensor]]:
+        if self.augmenter is not None and PARAMS_KEY in batch:  # parameters were drawn outside the graph
+            params = batch[PARAMS_KEY]
+            batch = {k: v for k, v in batch.items() if k != PARAMS_KEY}
+            batch = with_images(batch, self.augmenter.apply(batch[keys.INPUTS][DataType.RGB_IMAGES.value], params))
         with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
             # training_step, not the module call: prepare() patched forward with its own autocast wrapper.
             losses = self.core.training_step(batch)
@@ -146,6 +158,10 @@ class CompiledStep:
         accelerator = self.accelerator
         self.stepping = False
         batch = _tensors_only(self.core.prepare_batch(batch))
+        images = batch[keys.INPUTS].get(DataType.RGB_IMAGES.value) if self.augmenter is not None else None
+        if images is not None:
+            # drawn eagerly from the global RNG (checkpointed, so resume stays exact), applied in the graph
+            batch = {**batch, PARAMS_KEY: self.augmenter.sample(images)}
         with accelerator.accumulate(self.core):  # keeps accelerate's sync_gradients bookkeeping
             if not accelerator.sync_gradients:
                 return self._owned(self._accumulate(batch)), None
@@ -252,7 +268,7 @@ def whole_step_refusal(accelerator: Accelerator) -> str | None:
 
 
 def build_step(accelerator: Accelerator, model: torch.nn.Module, optimizers: list[Any], max_grad_norm: float | None,
-               compile: bool, cuda_graphs: bool = True) -> EagerStep | CompiledStep:
+               compile: bool, cuda_graphs: bool = True, augmenter: ImageAugmenter | None = None) -> EagerStep | CompiledStep:
     """The step the loop runs: compiled whole when `compile` and the launch allows it, else eager.
 
     Under DDP/FSDP, `compile=true` compiles the model (accelerate's `dynamo_backend`) and the step
@@ -263,6 +279,7 @@ def build_step(accelerator: Accelerator, model: torch.nn.Module, optimizers: lis
         if refusal is None:
             logger.info("training step: one compiled program (forward, backward, clip, AdamW, EMA)%s",
                         "; CUDA graph replay" if cuda_graphs and accelerator.device.type == "cuda" else "")
-            return CompiledStep(accelerator, model, optimizers, max_grad_norm, cuda_graphs=cuda_graphs)
+            return CompiledStep(accelerator, model, optimizers, max_grad_norm, cuda_graphs=cuda_graphs,
+                                augmenter=augmenter)
         logger.info("training step: model compiled, step eager (%s)", refusal)
-    return EagerStep(accelerator, model, optimizers, max_grad_norm)
+    return EagerStep(accelerator, model, optimizers, max_grad_norm, augmenter=augmenter)

@@ -67,6 +67,8 @@ PRE_START_CASES = [
      ["resume_checkpoint_path='/does/not/exist'", "not a checkpoint folder"], [r"checkpoint_<step>|auto"]),
     ("lora_adapter_export_pushed", FAST + ["lora.rank=4", "lora.export=adapter", "push_to_storage=org/policy"],
      ["push_to_storage", "lora.export=adapter", "lora.export=merged"], []),
+    ("augmentation_bad_range", FAST + ["training.augmentation.brightness=[1.5,0.5]"],
+     ["training.augmentation.brightness=[1.5, 0.5]", "need 0 <= low <= high <= 10"], []),
     ("resume_auto_without_run", FAST + ["resume_checkpoint_path=auto"],
      ["resume_checkpoint_path=auto", "training_name"], []),
 ]
