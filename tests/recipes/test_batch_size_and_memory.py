@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import FAST, fault_env, run_cli, run_group
@@ -50,6 +51,7 @@ def test_effective_batch_size_sets_accumulation(home: Path) -> None:
     assert (state["batch_size"], state["gradient_accumulation_steps"], state["samples_seen"]) == (4, 2, 16)
 
 
+@pytest.mark.slow
 def test_ddp_ranks_agree_when_only_one_rank_runs_out_of_memory(home: Path) -> None:
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     env = {**os.environ, "NEURACORE_HOME": str(home), "OMP_NUM_THREADS": "1",
@@ -66,6 +68,7 @@ def test_ddp_ranks_agree_when_only_one_rank_runs_out_of_memory(home: Path) -> No
     assert state["samples_seen"] == 2 * 20  # both ranks ran batches of 20
 
 
+@pytest.mark.slow
 def test_memory_monitor_stops_with_a_checkpoint_and_a_clear_message(home: Path) -> None:
     args = FAST + ["max_steps=10", "training_name=mem", "memory_monitor.check_interval=2",
                    "memory_monitor.host_fraction=0.0001"]

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, run_group
 
 FIXTURE = Path(__file__).with_name("oom_algorithm")  # a CNNMLP that raises CUDA's OOM error at a chosen step
@@ -25,6 +27,7 @@ def _errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("neuracore: error:")]
 
 
+@pytest.mark.slow
 def test_oom_in_a_step_checkpoints_the_last_step_and_resumes(home: Path) -> None:
     cmd = [sys.executable, "-m", "neuracore.ml.train", *ARGS, "training_name=one"]
     result = run_group(cmd, _env(home), timeout=300)

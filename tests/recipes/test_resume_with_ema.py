@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
@@ -26,6 +27,7 @@ def _run(home: Path, name: str) -> Path:
     return home / "training" / "runs" / name
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_restores_the_ema_exactly(home: Path) -> None:
     straight = run_cli(TINY_DP + ["training_name=straight"], home)
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -56,6 +58,7 @@ def test_sigkill_then_resume_restores_the_ema_exactly(home: Path) -> None:
         assert json.loads(f.metadata()["ema"])["optimization_step"] == 8
 
 
+@pytest.mark.slow
 def test_resume_without_the_ema_file_fails_loudly(home: Path) -> None:
     first = run_cli(TINY_DP + ["training_name=noema", "max_steps=3"], home)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -67,6 +70,7 @@ def test_resume_without_the_ema_file_fails_loudly(home: Path) -> None:
     assert not (_run(home, "noema") / "checkpoints" / "checkpoint_6").exists()
 
 
+@pytest.mark.slow
 def test_any_algorithm_trains_with_an_ema_and_a_resume_must_keep_it(home: Path) -> None:
     from tests.conftest import FAST
 

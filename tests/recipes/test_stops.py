@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from tests.conftest import FAST, REPO, run_cli
@@ -43,6 +44,7 @@ def _args(name: str) -> list[str]:
 STEPS = 32
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_at_the_next_step_and_resume_is_exact(home: Path) -> None:
     straight = run_cli(_args("straight"), home)
     assert straight.returncode == 0, straight.stderr[-3000:]

@@ -118,6 +118,7 @@ def test_sigkill_then_resume_auto_gives_identical_weights(home: Path) -> None:
     assert not different, f"weights differ after resume: {different[:5]}"
 
 
+@pytest.mark.slow
 def test_rotation_stays_correct_across_resumes(home: Path) -> None:
     base = FAST + ["checkpoint_frequency=2", "keep_last_n_checkpoints=2", "training_name=rot"]
     assert run_cli(base + ["max_steps=6"], home).returncode == 0

@@ -128,6 +128,7 @@ def _make(kind: str, tmp_path: Path) -> tuple[str, list[str]]:
     pytest.param("robomimic", marks=pytest.mark.slow),
     pytest.param("episodes", marks=pytest.mark.slow),
 ])
+@pytest.mark.slow
 def test_train_on_imported_dataset(home: Path, tmp_path: Path, kind: str) -> None:
     path, extra = _make(kind, tmp_path)
     importer = "hdf5" if kind in ("act", "robomimic") else kind
@@ -140,6 +141,7 @@ def test_train_on_imported_dataset(home: Path, tmp_path: Path, kind: str) -> Non
     assert (home / "training" / "runs" / "imp" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_dataset_push_pull_and_train_by_repo_name(home):
     """A dataset pushed to storage trains by `dataset_name=org/name@tag` on another 'machine'."""
     import subprocess

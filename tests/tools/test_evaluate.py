@@ -95,6 +95,7 @@ def test_rollout_options_are_checked(home: Path) -> None:
         _untrained(n_action_steps=3, temporal_ensemble_coeff=0.01)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_reports_chunked_and_ensembled_rollouts(home: Path) -> None:
     assert run_cli(FAST + ["max_steps=2", "training_name=evalme"], home).returncode == 0
     chunked = run_cli([EVALUATE, "latest", "--episodes", "2", "--execute-steps", "5", "--json"], home, module="")
