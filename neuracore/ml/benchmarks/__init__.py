@@ -10,4 +10,5 @@ BENCHMARKS = {
     "autotune": "neuracore.ml.benchmarks.autotune",
     "speed": "neuracore.ml.benchmarks.run_speed",
     "memory": "neuracore.ml.benchmarks.memory_plan",
+    "augment": "neuracore.ml.benchmarks.augmentation",
 }

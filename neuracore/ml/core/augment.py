@@ -34,7 +34,7 @@ from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.errors import ConfigError
 
 GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-SHARPNESS_KERNEL = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))  # /13, torchvision's adjust_sharpness
+CPU_CHUNK = 4  # images per pass of the colour ops on a CPU
 PARAMS_KEY = "augmentation_params"  # where the compiled step carries the parameters drawn outside its graph
 RANGE_KEYS = ("crop_scale", "crop_ratio", "brightness", "contrast", "saturation", "hue", "sharpness")
 IDENTITY: dict[str, tuple[float, float]] = {
@@ -187,19 +187,19 @@ class ImageAugmenter:
         per = {k: v.reshape(b * n) for k, v in params.items()}
         if self.geometric:
             flat = _geometry(flat, per, h, w)
-        if self.colour and c == 3:
-            imgs = flat.reshape(b * n * t, 3, h, w)
+        if self.colour:
+            imgs = flat.reshape(b * n * t, c, h, w)
             rep = {k: v.repeat_interleave(t) for k, v in per.items()}
-            for op in self.colour:
-                imgs = _COLOUR_OPS[op](imgs, rep[op])
-            flat = imgs.reshape(b * n, t * c, h, w)
-        elif self.colour and c == 1:  # grey cameras: brightness, contrast and sharpness only
-            imgs = flat.reshape(b * n * t, 1, h, w)
-            rep = {k: v.repeat_interleave(t) for k, v in per.items()}
-            for op in self.colour:
-                if op in ("brightness", "contrast", "sharpness"):
-                    imgs = _COLOUR_OPS[op](imgs, rep[op])
-            flat = imgs.reshape(b * n, t * c, h, w)
+            ops = [op for op in self.colour if c == 3 or op in ("brightness", "contrast", "sharpness")]  # grey: no hue
+            # On a CPU a few images at a time stay in cache across the ops (2x faster at 224x224); a GPU takes all.
+            step = imgs.shape[0] if imgs.is_cuda else CPU_CHUNK
+            parts = []
+            for i in range(0, imgs.shape[0], step):
+                part = imgs[i : i + step]
+                for op in ops:
+                    part = _COLOUR_OPS[op](part, rep[op][i : i + step])
+                parts.append(part)
+            flat = (parts[0] if len(parts) == 1 else torch.cat(parts)).reshape(b * n, t * c, h, w)
         out = flat.reshape(b, n, t, c, h, w).permute(0, 2, 1, 3, 4, 5)
         if not all(self.active):  # cameras switched off keep their pixels
             keep = torch.tensor(self.active, device=out.device).view(1, 1, n, 1, 1, 1)
@@ -281,11 +281,10 @@ def saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """torchvision's adjust_sharpness (blend with a 3x3 smoothing, borders unchanged), one factor per image."""
-    c = x.shape[1]
-    kernel = torch.tensor(SHARPNESS_KERNEL, dtype=x.dtype, device=x.device) / 13.0
-    blurred = F.conv2d(x, kernel.expand(c, 1, 3, 3), groups=c)
-    degenerate = x.clone()
-    degenerate[..., 1:-1, 1:-1] = blurred
+    # the kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 is a 3x3 box sum plus 4x the centre: a pooling, not a conv
+    inner = x[..., 1:-1, 1:-1]
+    blurred = (F.avg_pool2d(x, 3, stride=1) * 9.0 + 4.0 * inner) / 13.0
+    degenerate = F.pad(blurred - inner, (1, 1, 1, 1)) + x  # borders keep their pixels
     return _blend(x, degenerate, factor)
 
 
