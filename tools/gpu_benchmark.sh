@@ -73,6 +73,8 @@ for algo in $ALGOS; do
     done
 done
 [ -n "${QUICK:-}" ] && exit 0
+echo "== on-device augmentation (batched, per-sample) against torchvision one call per image"
+$PY tools/benchmark.py augment --device cuda --batch-size 256 --cameras 2 --size 224x224 --repeats 10
 echo "== step programs on synthetic batches, with LeRobot in the same process"
 for algo in act diffusion_policy; do
     for batch in 8 256; do
