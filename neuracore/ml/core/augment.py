@@ -102,6 +102,7 @@ def _options(node: dict[str, Any], key: str, base: AugmentationOptions) -> Augme
             if not isinstance(value, bool):
                 raise ConfigError(f"{where}={value!r}: expected true or false")
         elif name == "cameras":
+            value = {} if value is None else value
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}={value!r}: expected a mapping {{camera: {{key: value}} or false}}")
         elif name in RANGE_KEYS:

@@ -198,3 +198,20 @@ def test_the_compiled_step_augments_as_the_eager_step(demo_home: Path):
         losses[name] = [float(step(batch)[0]["loss"].detach()) for _ in range(2)]
     assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4, abs=1e-5)
     assert losses["plain"] != pytest.approx(losses["eager"], rel=1e-4, abs=1e-5)
+
+
+def test_the_readme_overrides_compose(home: Path):
+    from neuracore.ml.config.preflight import compose_config
+    from neuracore.ml.config.schema import validate_config
+    from neuracore.ml.train import CONFIG_DIR
+
+    default = validate_config(compose_config(["algorithm=act", "dataset_name=demo"], CONFIG_DIR))
+    assert default.training.augmentation == AugmentationOptions()  # off, LeRobot's ranges
+    config = validate_config(compose_config([
+        "algorithm=act", "dataset_name=demo", "training.augmentation.enabled=true",
+        "training.augmentation.crop_scale=[0.8,1.0]",
+        "training.augmentation.cameras={wrist: {brightness: [0.9, 1.1]}, top: false}"], CONFIG_DIR))
+    options = config.training.augmentation
+    assert options.enabled and options.crop_scale == [0.8, 1.0]
+    assert options.cameras["top"] is False
+    assert options.cameras["wrist"].brightness == [0.9, 1.1] and options.cameras["wrist"].crop_scale == [0.8, 1.0]
