@@ -18,6 +18,10 @@ the rewrite is recorded in `spec.source["statistics"]`.
 from __future__ import annotations
 
 import json
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +30,13 @@ import pyarrow as pa
 
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import DatasetError
-from neuracore.ml.datasets.format import SPEC_FILE, DatasetSpec, decode_images, open_dataset
+from neuracore.ml.datasets.format import SPEC_FILE, ColumnSpec, DatasetSpec, decode_images, open_dataset
 from neuracore.ml.datasets.materialize import _IMAGE_STATS_STRIDE
 from neuracore.ml.datasets.statistics import _RESERVOIR, RunningStats
 from neuracore.ml.utils.atomic import write_text_atomic
 
 STAT_NAMES = ("mean", "std", "min", "max", "q01", "q99")
+_DECODE_THREADS = 4  # threads decoding sampled JPEG/PNG frames for image statistics
 PIXEL_STRIDE = 7  # every 7th pixel of the sampled frames, as `materialize` takes them
 QUANTILE_NOTE = (f"q01/q99 exact up to {_RESERVOIR} rows per item, else from a {_RESERVOIR}-row reservoir sample; "
                  f"images: every {_IMAGE_STATS_STRIDE}th frame, every {PIXEL_STRIDE}th pixel")
@@ -70,10 +75,41 @@ def _encoded_rows(column: pa.ChunkedArray, rows: np.ndarray) -> list[bytes]:
     return out
 
 
+def _sampled_frames(table: pa.Table, spec: DatasetSpec, name: str, col: ColumnSpec) -> Iterator[np.ndarray]:
+    """Every `_IMAGE_STATS_STRIDE`-th frame of each episode that has the camera, one episode at a time, in order.
+
+    Encoded frames are decoded by a few threads (Pillow decodes without the GIL), at most
+    `2 * threads` episodes ahead, so memory stays bounded by a few episodes' sampled frames.
+    """
+    dt = DataType(col.data_type)
+    episodes = [(i, ep) for i, ep in enumerate(spec.episodes) if col.items[0] in spec.robots[ep.robot].get(dt.value, [])]
+    rows = [ep.start + np.arange(0, ep.length, _IMAGE_STATS_STRIDE) for _, ep in episodes]
+    if col.encoding == "raw":
+        read = _Rows(table.column(name), int(np.prod(col.item_shape)))
+        for r in rows:
+            yield read(r)
+        return
+    column = table.column(name)
+
+    def decode(job: int) -> np.ndarray:
+        where = f"dataset {spec.name!r} column {name!r} episode {episodes[job][0]}"
+        return decode_images(_encoded_rows(column, rows[job]), col.item_shape, where)
+
+    threads = max(1, min(_DECODE_THREADS, os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque[Future[np.ndarray]] = deque()
+        for job in range(len(episodes)):
+            pending.append(pool.submit(decode, job))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def compute_statistics(table: pa.Table, spec: DatasetSpec) -> Statistics:
     """Statistics of every stored item, `{DataType: {item: {mean, std, min, max, q01, q99}}}`, as import gives them.
 
-    Memory: one vector column at a time and one episode's sampled frames of one camera.
+    Memory: one vector column at a time and a few episodes' sampled frames of one camera.
     """
     stats: dict[str, RunningStats] = {}
     order: list[str] = []  # keys in the order an import first meets them (episode, then column order)
@@ -102,16 +138,7 @@ def compute_statistics(table: pa.Table, spec: DatasetSpec) -> Statistics:
                         stats.setdefault(f"{name}/{item}", RunningStats(width)).update(block[:, j])
             continue
         channels = col.item_shape[-1]
-        raw = _Rows(table.column(name), width) if col.encoding == "raw" else None
-        for index, ep in enumerate(spec.episodes):
-            if col.items[0] not in spec.robots[ep.robot].get(dt.value, []):
-                continue
-            rows = ep.start + np.arange(0, ep.length, _IMAGE_STATS_STRIDE)
-            if raw is not None:
-                frames = raw(rows)
-            else:
-                frames = decode_images(_encoded_rows(table.column(name), rows), col.item_shape,
-                                       f"dataset {spec.name!r} column {name!r} episode {index}")
+        for frames in _sampled_frames(table, spec, name, col):  # in episode order: the import's update sequence
             sub = frames.reshape(-1, channels)[::PIXEL_STRIDE].astype(np.float32)
             if col.dtype == "uint8":
                 sub /= 255.0
