@@ -179,6 +179,8 @@ def stage(
                                 arrays.append(_vector_block(rows.column(field_.name), src_col, col))
                             else:
                                 arrays.append(rows.column(field_.name))
+                        if arrays[-1].type != field_.type:  # e.g. a list type written by another `datasets` version
+                            arrays[-1] = arrays[-1].cast(field_.type)
                     writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                 episodes.append(EpisodeSpec(ep.robot, start, ep.length, ep.language))
                 start += ep.length
