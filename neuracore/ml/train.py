@@ -36,7 +36,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
     from neuracore.ml.core.data_types import DataType
     from neuracore.ml.core.model import build_model
     from neuracore.ml.core.relative_actions import pairs_to_json
-    from neuracore.ml.datasets.format import open_dataset
+    from neuracore.ml.datasets.mixture import open_datasets
     from neuracore.ml.trainers.accelerator import (
         accelerator_defaults_bf16,
         choose_run_dir,
@@ -78,7 +78,8 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         set_seed(config.seed)
 
         with accelerator.main_process_first():
-            dataset = open_dataset(_local_dataset_name(config.dataset_name))
+            dataset = open_datasets(config.dataset_name, config.dataset_weights, config.dataset.statistics,
+                                    _local_dataset_name)
         data = build_data(config, dataset)
         # sizes that cannot fit are one line before anything is allocated (a meta-device build)
         check_model_fits(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)
@@ -125,7 +126,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         attach_ema(core_model(accelerator, model), config.ema)  # after autotune's probe steps, before resume
         trainer_state = TrainerState(
             algorithm=config.algorithm.name,
-            dataset_fingerprint=dataset.spec.fingerprint,
+            dataset_fingerprint=data.fingerprint,  # a mixture: its names, fingerprints and weights
             world_size=accelerator.num_processes,
             batch_size=batch_size,
             gradient_accumulation_steps=accumulation,
@@ -146,12 +147,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
                           cuda_graphs=config.training.cuda_graphs, augmenter=augmenter)
         parts = LoopParts(model, optimizers, schedulers, train_loader, val_loader, sampler, total_steps,
                           steps_per_epoch, batch_size, step)
-        dataset_info = {
-            "name": dataset.spec.name,
-            "fingerprint": dataset.spec.fingerprint,
-            "episodes": len(dataset.spec.episodes),
-            "frames": dataset.spec.num_frames,
-        }
+        dataset_info = data.info
         command = _reproduce_command()
 
         def on_validation(losses: dict[str, float], st: TrainerState) -> None:

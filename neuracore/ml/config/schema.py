@@ -45,6 +45,7 @@ class LoaderOptions:
     pin_memory: bool = True
     persistent_workers: bool = True
     default_language: str = "perform the task"
+    statistics: str = "shared"  # several datasets: shared (pooled per item name) | per_robot (<robot>/<item> dims)
 
 
 @dataclass
@@ -116,7 +117,8 @@ class TrainConfig:
     """The whole validated configuration."""
 
     algorithm: AlgorithmChoice
-    dataset_name: str
+    dataset_name: str | list[str]  # one dataset, or several trained as a mixture (datasets/mixture.py)
+    dataset_weights: list[float] | None = None  # sampling proportions of a mixture; null = by training windows
     input_data_types: list[str] | None = None
     output_data_types: list[str] | None = None
     input_robot_data_spec: dict[str, Any] | None = None
@@ -336,6 +338,8 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
             values[key] = _report_to(value)
             continue
         values[key] = _check(key, value, hints[key])
+    if isinstance(values.get("dataset_name"), list) and len(values["dataset_name"]) == 1:
+        values["dataset_name"] = values["dataset_name"][0]  # a list of one is that dataset, exactly as before
     if not values.get("dataset_name"):
         from neuracore.ml.datasets.format import available_datasets
 
@@ -377,6 +381,11 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"training.max_grad_norm={training.max_grad_norm}: must be > 0 (or null: no clipping)")
     loader = _section("dataset", cfg.get("dataset"), LoaderOptions)
     _positive("dataset.prefetch_factor", loader.prefetch_factor)
+    from neuracore.ml.datasets.mixture import STATISTICS_MODES, check_names_and_weights, dataset_names
+
+    if loader.statistics not in STATISTICS_MODES:
+        raise ConfigError(f"dataset.statistics={loader.statistics!r}: valid: {', '.join(STATISTICS_MODES)}")
+    check_names_and_weights(dataset_names(values["dataset_name"]), values.get("dataset_weights"))
     autotune = _section("autotune", cfg.get("autotune"), AutotuneOptions)
     _positive("autotune.max_batch_size", autotune.max_batch_size)
     if not 0.0 <= autotune.memory_margin < 1.0:
@@ -416,8 +425,9 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     from neuracore.ml.storage.names import looks_like_repo
     from neuracore.ml.utils.paths import check_name
 
-    if not looks_like_repo(config.dataset_name):  # org/name[@revision] is pulled from storage at start
-        check_name(config.dataset_name, "dataset_name")
+    for name in dataset_names(config.dataset_name):
+        if not looks_like_repo(name):  # org/name[@revision] is pulled from storage at start
+            check_name(name, "dataset_name")
     if config.training_name is not None:
         check_name(config.training_name, "training_name")
     if config.push_to_storage is not None and config.lora.rank and config.lora.export == "adapter":

@@ -58,7 +58,8 @@ def choose_run_dir(config: TrainConfig, state: PartialState, job_num: int | None
             name = config.training_name
             if name is None:
                 stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-                name = f"{config.algorithm.name}_{config.dataset_name}_{stamp}"
+                data = config.dataset_name if isinstance(config.dataset_name, str) else "+".join(config.dataset_name)
+                name = f"{config.algorithm.name}_{data}_{stamp}"
                 if job_num is not None:
                     name += f"_job{job_num}"
                 base, n = name, 1

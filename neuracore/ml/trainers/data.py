@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from neuracore.ml.config.schema import TrainConfig
-from neuracore.ml.core.data_types import DataType
+from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.core.model_init import FeatureSpec, ModelInitDescription
 from neuracore.ml.core.relative_actions import RelativePair, merge_statistics, resolve_relative_actions
 from neuracore.ml.datasets.data_spec import ResolvedFeature, resolve_model_data_spec
 from neuracore.ml.datasets.format import MaterializedDataset
+from neuracore.ml.datasets.mixture import Mixture, MixtureWindows, check_robot_spec, mixture_info
 from neuracore.ml.datasets.statistics import relative_statistics
 from neuracore.ml.datasets.windows import WindowDataset, split_episodes
 
@@ -50,17 +51,24 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 class DataBundle:
     """Everything the loop needs from the data side."""
 
-    train: WindowDataset
-    validation: WindowDataset | None
+    train: WindowDataset | MixtureWindows
+    validation: WindowDataset | MixtureWindows | None
     inputs: dict[DataType, ResolvedFeature]
     outputs: dict[DataType, ResolvedFeature]
     model_init: ModelInitDescription
-    train_episodes: list[int]
-    validation_episodes: list[int]
+    train_episodes: list[Any]  # one dataset: episode indices; a mixture: (dataset name, episode) pairs
+    validation_episodes: list[Any]
+    fingerprint: str = ""  # what a checkpoint must have been trained on (a mixture: names, fingerprints, weights)
+    info: dict[str, Any] = field(default_factory=dict)  # the `dataset` section of the export
 
 
-def build_data(config: TrainConfig, dataset: MaterializedDataset) -> DataBundle:
-    """Split by episode, build train/validation windows and the model's init description."""
+def build_data(config: TrainConfig, dataset: MaterializedDataset | Mixture) -> DataBundle:
+    """Split by episode, build train/validation windows and the model's init description.
+
+    `dataset` is one opened dataset or a `Mixture` of several (datasets/mixture.py).
+    """
+    if isinstance(dataset, Mixture):
+        return _build_mixture_data(config, dataset)
     inputs, outputs = resolve_model_data_spec(
         dataset.spec,
         config.algorithm.cls,
@@ -85,7 +93,64 @@ def build_data(config: TrainConfig, dataset: MaterializedDataset) -> DataBundle:
         default_language=language,
         relative_actions=relative,
     )
-    return DataBundle(train, validation, inputs, outputs, model_init, train_eps, val_eps)
+    info = {"name": dataset.spec.name, "fingerprint": dataset.spec.fingerprint,
+            "episodes": len(dataset.spec.episodes), "frames": dataset.spec.num_frames}
+    return DataBundle(train, validation, inputs, outputs, model_init, train_eps, val_eps,
+                      dataset.spec.fingerprint, info)
+
+
+def _build_mixture_data(config: TrainConfig, mixture: Mixture) -> DataBundle:
+    """`build_data` for several datasets: union items, each dataset split by episode on its own (seeded)."""
+    check_robot_spec(mixture, config.input_robot_data_spec, "input_robot_data_spec")
+    check_robot_spec(mixture, config.output_robot_data_spec, "output_robot_data_spec")
+    inputs, outputs = resolve_model_data_spec(
+        mixture.spec, config.algorithm.cls, config.input_data_types, config.output_data_types,
+        config.input_robot_data_spec, config.output_robot_data_spec,
+    )
+    if config.relative_actions.enabled:
+        raise ConfigError("relative_actions.enabled=true: not available with several datasets in dataset_name yet "
+                          "(the delta statistics are per dataset); train on one dataset or set it to false")
+    history = int(getattr(config.algorithm.cls, "observation_history", 1))
+    horizon = config.output_prediction_horizon
+    language = config.dataset.default_language
+    splits = [split_episodes(len(ds.spec.episodes), config.validation_split, config.seed) for ds in mixture.datasets]
+    train_eps, val_eps = [t for t, _ in splits], [v for _, v in splits]
+    train = MixtureWindows(mixture, inputs, outputs, train_eps, history, horizon, language)
+    validation = MixtureWindows(mixture, inputs, outputs, val_eps, history, horizon, language) \
+        if any(val_eps) else None
+    model_init = ModelInitDescription(
+        inputs={dt: f.feature_spec(mixture.spec) for dt, f in inputs.items()},
+        outputs={dt: f.feature_spec(mixture.spec) for dt, f in outputs.items()},
+        output_prediction_horizon=horizon,
+        frequency=mixture.spec.frequency,
+        default_language=language,
+    )
+    components = mixture_info(mixture, train_eps, val_eps, train.lengths)
+    for c in components:
+        logger.info("dataset %s (%s): %d train / %d validation episodes, %d windows, weight %.4f, robots %s",
+                    c["name"], c["fingerprint"][:12], c["train_episodes"], c["validation_episodes"], c["windows"],
+                    c["weight"], ", ".join(c["robots"]))
+    robot_items = robot_item_names(mixture.spec.robots, {**inputs, **outputs})
+    info = {"name": mixture.spec.name, "fingerprint": mixture.fingerprint,
+            "episodes": sum(len(d.spec.episodes) for d in mixture.datasets),
+            "frames": sum(d.spec.num_frames for d in mixture.datasets),
+            "statistics": mixture.statistics, "components": components, "robot_items": robot_items}
+    names = [ds.spec.name for ds in mixture.datasets]
+    flat = lambda eps: [(n, e) for n, es in zip(names, eps) for e in es]
+    return DataBundle(train, validation, inputs, outputs, model_init, flat(train_eps), flat(val_eps),
+                      mixture.fingerprint, info)
+
+
+def robot_item_names(robots: Any, features: dict[DataType, ResolvedFeature]) -> dict[str, dict[str, list[str]]]:
+    """Robot -> DataType -> the model items that robot has (unmasked), for the export and inference."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for robot in robots:
+        for dt, f in features.items():
+            if robot not in f.robot_masks:
+                continue
+            width = dt.item_width if dt.modality == Modality.VECTOR else 1
+            out.setdefault(robot, {})[dt.value] = [i for p, i in enumerate(f.items) if f.robot_masks[robot][p * width] > 0]
+    return out
 
 
 def run_relative_actions(
@@ -158,7 +223,8 @@ def make_loader(
     return torch.utils.data.DataLoader(
         windows,
         batch_size=batch_size,
-        sampler=EpochSampler(len(windows), config.seed, shuffle=shuffle),
+        sampler=windows.make_sampler(config.seed, shuffle) if isinstance(windows, MixtureWindows)
+        else EpochSampler(len(windows), config.seed, shuffle=shuffle),
         num_workers=workers,
         pin_memory=pin_memory and config.dataset.pin_memory,
         drop_last=drop_last,
