@@ -14,6 +14,7 @@
     python tools/dataset.py split abc --fraction 0.8 --seed 0 --name abc_train --rest-name abc_val
     python tools/dataset.py filter abc --name abc_clean --drop-episodes 3,5-7 --min-length 2.5s --robot so100
     python tools/dataset.py stats abc [--write]
+    python tools/dataset.py generate aloha_transfer_cube --episodes 50 --name aloha_cube --workers 2
 """
 
 from __future__ import annotations
@@ -206,6 +207,41 @@ def _run_edit_tools(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- generate: scripted simulator demonstrations (neuracore.ml.sim.generate) -------------------------------
+
+
+def _add_generate(sub: Any) -> None:
+    """`generate ENV`: scripted demonstrations of a simulated task, written like an import."""
+    p = sub.add_parser("generate", help="scripted ALOHA demonstrations (needs pip install -e \".[sim]\")")
+    p.add_argument("env", help="aloha_transfer_cube or aloha_insertion")
+    p.add_argument("--name", required=True, help="dataset name under $NEURACORE_HOME/datasets")
+    p.add_argument("--episodes", type=int, default=50, help="seeds tried (episode i: seed + i; default 50)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0; evaluation uses seeds from 100000)")
+    p.add_argument("--workers", type=int, default=0, help="processes simulating and rendering episodes (0: here)")
+    p.add_argument("--render-size", default="480x640", metavar="HxW", help="rendered top camera (default 480x640)")
+    p.add_argument("--image-size", metavar="HxW", help="store frames resized to HxW (area interpolation, --resize-mode)")
+    p.add_argument("--resize-mode", default="letterbox", metavar="letterbox|crop")
+    p.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="raw")
+    p.add_argument("--jpeg-quality", metavar="1-100")
+    p.add_argument("--keep-failed", action="store_true", help="also write demonstrations whose replay failed")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    """Generate, then print what was written."""
+    from neuracore.ml.sim.generate import generate_dataset
+
+    r = generate_dataset(args.env, args.name, args.episodes, seed=args.seed, workers=args.workers,
+                         render_size=args.render_size, image_size=args.image_size, resize_mode=args.resize_mode,
+                         image_encoding=args.image_encoding, jpeg_quality=args.jpeg_quality,
+                         keep_failed=args.keep_failed, overwrite=args.overwrite, progress=True)
+    print(f"generated {args.name!r} ({args.env}): {r['episodes']} of {r['attempted']} scripted episodes "
+          f"(seeds {args.seed}-{args.seed + args.episodes - 1}) in {r['seconds']:.1f} s at {r['path']}")
+    if r["failed"]:
+        print(f"left out {len(r['failed'])} failed demonstrations: {', '.join(r['failed'])}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; errors are one line on stderr with exit status 2."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="local dataset name (default: the repository name)")
     p.add_argument("--storage", help="storage URL")
     _add_edit_tools(sub)
+    _add_generate(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_cli("dataset", _run, args)
@@ -241,6 +278,8 @@ def _run(args: argparse.Namespace) -> int:
     """The chosen subcommand (errors are reported by `run_cli`)."""
     if args.command in _EDIT_TOOLS:
         return _run_edit_tools(args)
+    if args.command == "generate":
+        return _run_generate(args)
     if args.command == "import":
         start = time.perf_counter()
         path = api.import_dataset(

@@ -1,8 +1,13 @@
-"""Roll a trained policy out in the demo pick-and-place task and print its success rate.
+"""Roll a trained policy out in a simulated task and print its success rate.
 
     python tools/evaluate.py ~/.neuracore/training/runs/<run>/model --episodes 50
     python tools/evaluate.py latest                                # the newest run's final model
     python tools/evaluate.py --untrained cnnmlp --episodes 50     # baseline: a random-init model
+    python tools/evaluate.py latest --env aloha_transfer_cube --temporal-ensemble 0.01
+    python tools/evaluate.py latest --env pusht --episodes 50
+
+Envs: demo (default), aloha_transfer_cube, aloha_insertion, pusht (the last three need
+`pip install -e ".[sim]"`). Episode i uses seed 100000 + --seed + i, never a training seed.
 """
 
 from __future__ import annotations
@@ -16,31 +21,55 @@ from pathlib import Path
 import numpy as np
 
 from neuracore.ml.core.errors import NeuracoreError, run_cli
+from neuracore.ml.sim.envs import EVAL_SEED_OFFSET  # evaluation episodes never overlap training seeds
 
-EVAL_SEED_OFFSET = 100_000  # evaluation episodes never overlap the demo dataset's seeds
+
+def env_for_policy(policy, name: str, resize_mode: str = "letterbox"):
+    """Env `name` returning camera frames at the sizes the policy's model was trained on."""
+    from neuracore.ml.core.data_types import DataType
+    from neuracore.ml.sim.envs import make_env
+
+    sizes = {}
+    feature = policy.description.inputs.get(DataType.RGB_IMAGES)
+    if feature is not None:
+        _, h, w = feature.shape
+        sizes = {cam: (h, w) for cam in feature.items}
+    env = make_env(name, image_size=sizes, resize_mode=resize_mode)
+    output = policy.output_items.get(DataType.JOINT_TARGET_POSITIONS.value)
+    if output is None:
+        raise NeuracoreError(f"env {name!r} is driven by JOINT_TARGET_POSITIONS; the model predicts "
+                             f"{', '.join(policy.output_items) or 'nothing'}")
+    missing = [n for n in env.action_names if n not in output]
+    if missing:
+        raise NeuracoreError(f"env {name!r}: the model's JOINT_TARGET_POSITIONS lack items {', '.join(missing)} "
+                             f"(it predicts {', '.join(output)})")
+    return env
 
 
-def rollout(policy, seed: int) -> tuple[bool, int]:
-    """One episode, one `policy.select_action` per control step (chunks or temporal ensembling)."""
-    from neuracore.ml.sim.pick_place import PickPlaceEnv
+def rollout(policy, seed: int, env=None) -> dict:
+    """One episode, one `policy.select_action` per control step (chunks or temporal ensembling).
 
-    env = PickPlaceEnv(seed)
+    Returns success, the highest reward reached, the episode length in steps and the seconds per
+    step (policy + simulation + rendering).
+    """
+    from neuracore.ml.sim.envs import DemoEnv
+
+    env = env or DemoEnv()
+    output = policy.output_items["JOINT_TARGET_POSITIONS"]
+    order = [output.index(n) for n in env.action_names]  # the model's item order -> the env's
     policy.reset()
-    obs = env.observe()
+    obs = env.reset(seed)
+    started = time.perf_counter()
     while not env.done:
-        action = policy.select_action(
-            {
-                "JOINT_POSITIONS": obs.joint_positions,
-                "RGB_IMAGES": obs.image[None],
-                "LANGUAGE": obs.language,
-            }
-        )["JOINT_TARGET_POSITIONS"]
-        obs = env.step(action)
-    return env.success, env.steps
+        action = policy.select_action(obs)["JOINT_TARGET_POSITIONS"]
+        obs = env.step(np.asarray(action)[order]).observation
+    seconds = time.perf_counter() - started
+    return {"success": bool(env.success), "max_reward": float(env.max_reward_reached), "steps": env.steps,
+            "seconds_per_step": seconds / max(env.steps, 1)}
 
 
-def untrained_policy(algorithm: str, horizon: int, seed: int, **rollout_options):
-    """A freshly initialised model of `algorithm` built for the demo dataset (the baseline)."""
+def untrained_policy(algorithm: str, horizon: int, seed: int, dataset_name: str = "demo", **rollout_options):
+    """A freshly initialised model of `algorithm` built for `dataset_name` (the baseline)."""
     import torch
 
     from neuracore.ml.core.model import build_model
@@ -51,7 +80,7 @@ def untrained_policy(algorithm: str, horizon: int, seed: int, **rollout_options)
     from neuracore.ml.export.policy import Policy
 
     torch.manual_seed(seed)
-    dataset = open_dataset("demo")
+    dataset = open_dataset(dataset_name)
     cls = get_algorithm(algorithm)
     inputs, outputs = resolve_model_data_spec(dataset.spec, cls, None, None, None, None)
     mid = ModelInitDescription(
@@ -87,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         help="exported model folder (<run>/model or <run>/best_model), a run folder, or `latest` (newest run)",
     )
     parser.add_argument("--untrained", metavar="ALGORITHM", help="evaluate a randomly initialised model instead")
+    parser.add_argument("--env", default="demo",
+                        help="simulated task: demo, aloha_transfer_cube, aloha_insertion, pusht (default demo)")
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--execute-steps", type=int, default=8, help="actions executed from each predicted chunk")
     parser.add_argument(
@@ -95,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
              "for that step (ACT's temporal ensembling, e.g. 0.01); replaces --execute-steps",
     )
     parser.add_argument("--seed", type=int, default=0, help="first evaluation episode (offset by 100000)")
+    parser.add_argument("--dataset", default="demo", help="with --untrained: the dataset the model is built for")
+    parser.add_argument("--resize-mode", default="letterbox", metavar="letterbox|crop",
+                        help="how rendered frames are resized to the model's image size (as on import)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
@@ -105,11 +139,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     """Roll the policy out (errors are reported by `run_cli`)."""
+    from neuracore.ml.datasets.images import check_resize_mode
     from neuracore.ml.export.model_folder import recover_export
     from neuracore.ml.export.policy import Policy
+    from neuracore.ml.sim.envs import ENVS
 
     if args.episodes < 1:
         raise NeuracoreError(f"--episodes {args.episodes}: must be at least 1")
+    if args.env not in ENVS:  # before a model is loaded: a typo costs nothing
+        raise NeuracoreError(f"--env {args.env!r}: unknown; valid: {', '.join(ENVS)}")
+    check_resize_mode(args.resize_mode)
     if args.temporal_ensemble is not None:
         options = {"temporal_ensemble_coeff": args.temporal_ensemble, "n_action_steps": 1}
     else:
@@ -124,26 +163,39 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise NeuracoreError(f"{args.model}: not an exported model folder (no config.json)")
         policy = Policy.from_pretrained(args.model, device=args.device, **options)
     else:
-        policy = untrained_policy(args.untrained, 20, args.seed, **options)
+        policy = untrained_policy(args.untrained, 20, args.seed, args.dataset, **options)
+    env = env_for_policy(policy, args.env, args.resize_mode)
     started = time.perf_counter()
-    results = [rollout(policy, EVAL_SEED_OFFSET + args.seed + i) for i in range(args.episodes)]
-    successes = sum(s for s, _ in results)
+    seeds = [EVAL_SEED_OFFSET + args.seed + i for i in range(args.episodes)]
+    results = [rollout(policy, s, env) for s in seeds]
+    successes = sum(r["success"] for r in results)
+    stages = range(1, int(env.max_reward) + 1) if env.max_reward > 1 else []
     report = {
         "model": args.model or f"untrained {args.untrained}",
+        "env": args.env,
         "episodes": args.episodes,
+        "seeds": [seeds[0], seeds[-1]],
         "successes": successes,
         "success_rate": successes / max(args.episodes, 1),
-        "mean_steps": float(np.mean([n for _, n in results])),
+        "mean_max_reward": float(np.mean([r["max_reward"] for r in results])),
+        # share of episodes reaching each reward stage (ALOHA: 1 touched .. 4 success)
+        "stage_rates": {str(k): float(np.mean([r["max_reward"] >= k for r in results])) for k in stages},
+        "mean_steps": float(np.mean([r["steps"] for r in results])),
+        "seconds_per_step": float(np.mean([r["seconds_per_step"] for r in results])),
         "temporal_ensemble_coeff": policy.temporal_ensemble_coeff,
         "n_action_steps": policy.n_action_steps,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    env.close()
     if args.json:
         print(json.dumps(report))
     else:
+        stages = ", ".join(f"{k}: {v:.0%}" for k, v in report["stage_rates"].items())
         print(
-            f"success rate {report['success_rate']:.0%} ({successes}/{args.episodes} episodes), "
-            f"mean episode length {report['mean_steps']:.1f} steps, {report['seconds']} s"
+            f"{args.env}: success rate {report['success_rate']:.0%} ({successes}/{args.episodes} episodes), "
+            f"mean max reward {report['mean_max_reward']:.2f}" + (f" (stages {stages})" if stages else "")
+            + f", mean episode length {report['mean_steps']:.1f} steps, "
+            f"{report['seconds_per_step'] * 1000:.1f} ms/step, {report['seconds']} s"
         )
     return 0
 
