@@ -219,23 +219,54 @@ def _refuse_distributed_sweep() -> None:
 
 
 def check_dataset_and_spec(config: Any) -> None:
-    """The dataset exists (or is the generated demo) and the data spec names only what it has."""
+    """The dataset(s) exist (or are the generated demo) and the data spec names only what they have.
+
+    A list in `dataset_name` is checked as the mixture the run will train on (datasets/mixture.py):
+    every name exists, robots and shapes agree, the robot data specs name robots of the datasets.
+    """
     from neuracore.ml.core.errors import DatasetError
     from neuracore.ml.datasets.data_spec import resolve_model_data_spec
-    from neuracore.ml.datasets.format import SPEC_FILE, available_datasets, dataset_path, read_spec
+    from neuracore.ml.datasets.format import (
+        SPEC_FILE,
+        MaterializedDataset,
+        available_datasets,
+        dataset_path,
+        read_spec,
+    )
+    from neuracore.ml.datasets.mixture import (
+        RELATIVE_ACTIONS_UNSUPPORTED,
+        build_mixture,
+        check_robot_spec,
+        dataset_names,
+    )
     from neuracore.ml.storage.names import looks_like_repo
 
-    if looks_like_repo(config.dataset_name):
-        return  # pulled (and its spec checked) when the run starts
-    path = dataset_path(config.dataset_name)
-    if not (path / SPEC_FILE).is_file():
-        if config.dataset_name == "demo":
-            return  # generated on first use
-        names = available_datasets()
-        names += [] if "demo" in names else ["demo"]
-        raise DatasetError(f"dataset_name={config.dataset_name!r}: no such dataset in {path.parent}; available: {', '.join(names)}")
+    names = dataset_names(config.dataset_name)
+    specs = []
+    for name in names:
+        if looks_like_repo(name):
+            return  # pulled (and its spec checked) when the run starts
+        path = dataset_path(name)
+        if not (path / SPEC_FILE).is_file():
+            if name == "demo":
+                return  # generated on first use
+            have = available_datasets()
+            have += [] if "demo" in have else ["demo"]
+            shown = repr(config.dataset_name) if len(names) == 1 else f"[{', '.join(names)}]: {name!r}"
+            raise DatasetError(f"dataset_name={shown}: no such dataset in {path.parent}; available: {', '.join(have)}")
+        specs.append(read_spec(path))
+    if len(specs) == 1:
+        spec = specs[0]
+    else:  # the merged view only needs the specs (no table is opened here)
+        mixture = build_mixture([MaterializedDataset(Path(), s, None) for s in specs],  # type: ignore[arg-type]
+                                config.dataset_weights, config.dataset.statistics)
+        check_robot_spec(mixture, config.input_robot_data_spec, "input_robot_data_spec")
+        check_robot_spec(mixture, config.output_robot_data_spec, "output_robot_data_spec")
+        spec = mixture.spec
+        if config.relative_actions.enabled:
+            raise ConfigError(RELATIVE_ACTIONS_UNSUPPORTED)
     inputs, outputs = resolve_model_data_spec(
-        read_spec(path),
+        spec,
         config.algorithm.cls,
         config.input_data_types,
         config.output_data_types,

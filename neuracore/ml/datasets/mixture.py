@@ -35,7 +35,9 @@ from neuracore.ml.datasets.format import ColumnSpec, DatasetSpec, MaterializedDa
 from neuracore.ml.datasets.windows import WindowDataset
 
 STATISTICS_MODES = ("shared", "per_robot")
-_STAT_KEYS = ("mean", "std", "min", "max", "q01", "q99")
+RELATIVE_ACTIONS_UNSUPPORTED = (
+    "relative_actions.enabled=true: not available with several datasets in dataset_name yet (the delta statistics "
+    "are computed per dataset); train on one dataset or set relative_actions.enabled=false")
 
 
 def dataset_names(value: str | Sequence[str]) -> list[str]:
@@ -390,5 +392,5 @@ def mixture_info(mixture: Mixture, train_episodes: Sequence[Sequence[int]], val_
             for ds, tr, va, n, w in zip(mixture.datasets, train_episodes, val_episodes, train_windows, weights)]
 
 
-__all__ = ["STATISTICS_MODES", "Mixture", "MixtureSampler", "MixtureWindows", "allocate", "build_mixture",
+__all__ = ["RELATIVE_ACTIONS_UNSUPPORTED", "STATISTICS_MODES", "Mixture", "MixtureSampler", "MixtureWindows", "allocate", "build_mixture",
            "check_names_and_weights", "check_robot_spec", "dataset_names", "mixture_info", "pool_statistics"]

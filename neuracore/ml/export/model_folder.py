@@ -218,6 +218,19 @@ def export_model(
     return out_dir
 
 
+def _mixture_lines(ds: dict[str, Any]) -> list[str]:
+    """Model-card lines of a run on several datasets: statistics mode, then one line per dataset."""
+    if not ds.get("components"):
+        return []
+    lines = [(f"- a mixture of {len(ds['components'])} datasets, statistics `{ds.get('statistics', '?')}`; "
+             "`Policy.from_pretrained(folder, robot=NAME)` serves one robot's items:")]
+    for c in ds["components"]:
+        lines.append(f"  - `{c.get('name')}` (fingerprint `{str(c.get('fingerprint', ''))[:12]}`): "
+                     f"{c.get('train_episodes')} train / {c.get('validation_episodes')} validation episodes, "
+                     f"{c.get('windows')} windows, weight {c.get('weight')}, robots {', '.join(c.get('robots', []))}")
+    return lines
+
+
 def model_card(config: dict[str, Any]) -> str:
     """A README.md describing the model, its data, training and how to reproduce it."""
     algo = config["algorithm"]
@@ -233,6 +246,7 @@ def model_card(config: dict[str, Any]) -> str:
         "## Data",
         (f"- dataset: `{ds.get('name', '?')}` (fingerprint `{str(ds.get('fingerprint', '?'))[:16]}`, "
         f"{ds.get('episodes', '?')} episodes, {ds.get('frames', '?')} frames)"),
+        *_mixture_lines(ds),
         "- inputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["inputs"].items()),
         "- outputs: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in spec["outputs"].items()),
         f"- prediction horizon: {spec['output_prediction_horizon']} steps",

@@ -50,6 +50,11 @@ class Policy:
     `temporal_ensemble_coeff` (default: the model's own, e.g. ACT's `algorithm.temporal_ensemble_coeff`,
     when neither argument is given), queries the model every step and returns the temporally
     ensembled action.
+
+    `robot` (a model trained on several datasets, `dataset_name=[a,b]`): serve that robot of the
+    training data. Observations then hold only its items (named as in its dataset, or as the model
+    names them, e.g. `<robot>/<item>` with `dataset.statistics=per_robot`); the others are zero and
+    masked as in training, and predictions hold only its output items (`output_items`).
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class Policy:
         device: str | torch.device = "cpu",
         n_action_steps: int | None = None,
         temporal_ensemble_coeff: float | None = None,
+        robot: str | None = None,
     ) -> None:
         self.device = inference_device(device)
         self.model = model.to(self.device).eval()
@@ -90,6 +96,58 @@ class Policy:
             TemporalEnsembler(float(temporal_ensemble_coeff), horizon) if temporal_ensemble_coeff is not None else None
         )
         self._queue: deque[dict[str, np.ndarray]] = deque()
+        self.robot = robot
+        self._own: dict[str, list[int]] = {}  # DataType value -> positions of the robot's items in the model's
+        if robot is not None:
+            robots = (config.get("dataset") or {}).get("robot_items") or {}
+            if robot not in robots:
+                raise ConfigError(f"robot={robot!r}: not a robot of this model's training data; robots: "
+                                  f"{', '.join(robots) or 'none recorded (a single-dataset model: leave robot unset)'}")
+            for dt, f in [*self.description.inputs.items(), *self.description.outputs.items()]:
+                have = set(robots[robot].get(dt.value, []))
+                self._own[dt.value] = [p for p, item in enumerate(f.items) if item in have]
+
+    def _own_items(self, dt: DataType, items: list[str]) -> list[str]:
+        return [items[p] for p in self._own.get(dt.value, [])]
+
+    def _short(self, item: str) -> str:
+        return item.removeprefix(f"{self.robot}/") if self.robot is not None else item
+
+    def _scatter(self, dt: DataType, feature: Any, value: Any) -> np.ndarray:
+        """A robot's own items (a mapping by either name, or an array in model order) in the model's full layout."""
+        own = self._own_items(dt, list(feature.items))
+        width = feature.shape[0] if dt.modality == Modality.VECTOR else 1
+        if isinstance(value, Mapping):
+            missing = [self._short(i) for i in own if i not in value and self._short(i) not in value]
+            if missing:
+                raise ConfigError(f"observation[{dt.value}]: missing items {', '.join(missing)} of robot {self.robot!r}")
+            parts = [np.asarray(value[i] if i in value else value[self._short(i)]) for i in own]
+        else:
+            arr = np.asarray(value)
+            if dt.modality == Modality.VECTOR:
+                arr = arr.astype(np.float32).reshape(-1)
+                if arr.shape[0] != len(own) * width:
+                    raise ConfigError(f"observation[{dt.value}]: {arr.shape[0]} values, expected {len(own) * width} "
+                                      f"(robot {self.robot!r}: {', '.join(map(self._short, own))})")
+                parts = list(arr.reshape(len(own), width))
+            else:
+                if arr.ndim != 4 or arr.shape[0] != len(own):
+                    raise ConfigError(f"observation[{dt.value}]: shape {list(arr.shape)}, expected "
+                                      f"[{len(own)}, H, W, C] (robot {self.robot!r}: {', '.join(map(self._short, own))})")
+                parts = list(arr)
+        if dt.modality == Modality.VECTOR:
+            full = np.zeros((len(feature.items), width), np.float32)
+            for p, part in zip(self._own[dt.value], parts):
+                full[p] = np.atleast_1d(np.asarray(part, np.float32)).reshape(width)
+            return full.reshape(-1)
+        c, h, w = feature.shape
+        full_img = np.zeros((len(feature.items), h, w, c), np.uint8)
+        for p, part in zip(self._own[dt.value], parts):
+            if np.shape(part) != (h, w, c):
+                raise ConfigError(f"observation[{dt.value}]: camera {self._short(feature.items[p])!r} has shape "
+                                  f"{list(np.shape(part))}, expected {[h, w, c]}")
+            full_img[p] = part
+        return full_img
 
     @classmethod
     def from_pretrained(
@@ -120,7 +178,10 @@ class Policy:
 
     @property
     def output_items(self) -> dict[str, list[str]]:
-        """Item names of each output DataType, in the order of the predicted vectors."""
+        """Item names of each output DataType, in the order of the predicted vectors (with `robot`: its own)."""
+        if self.robot is not None:
+            return {dt.value: [self._short(i) for i in self._own_items(dt, list(f.items))]
+                    for dt, f in self.description.outputs.items()}
         return {dt.value: list(f.items) for dt, f in self.description.outputs.items()}
 
     def reset(self) -> None:
@@ -162,6 +223,10 @@ class Policy:
             if dt.value not in observation:
                 raise ConfigError(f"observation: missing {dt.value} (expects items {', '.join(feature.items)})")
             value = observation[dt.value]
+            if self.robot is not None:
+                full = self._scatter(dt, feature, value)
+                frame[dt.value] = full if dt.modality == Modality.VECTOR else full.transpose(0, 3, 1, 2)
+                continue
             if dt.modality == Modality.VECTOR:
                 if isinstance(value, Mapping):
                     missing = [i for i in feature.items if i not in value]
@@ -206,10 +271,22 @@ class Policy:
             stacked = np.ascontiguousarray(np.stack([f[dt.value] for f in self._frames])[None])
             batch[keys.INPUTS][dt.value] = torch.as_tensor(stacked, device=self.device)
             width = feature.dim if dt.modality == Modality.VECTOR else len(feature.items)
-            batch[keys.INPUT_MASKS][dt.value] = torch.ones(1, width, device=self.device)
+            mask = torch.ones(1, width, device=self.device)
+            if self.robot is not None:  # the items this robot lacks are masked, as they were in training
+                per_item = torch.zeros(len(feature.items))
+                per_item[self._own.get(dt.value, [])] = 1.0
+                mask = per_item.repeat_interleave(width // max(len(feature.items), 1))[None].to(self.device)
+            batch[keys.INPUT_MASKS][dt.value] = mask
         if DataType.LANGUAGE in self.description.inputs:
             batch[keys.LANGUAGE] = [str(observation.get("LANGUAGE") or self.description.default_language or "")]
         out = {k: v.float() for k, v in self.model.predict(batch).items()}
         # A model trained with relative_actions predicts deltas: absolute targets from here on, for every caller.
         out = to_absolute(out, batch[keys.INPUTS], self.description.relative_actions)
-        return {k: v[0].cpu().numpy() for k, v in out.items()}
+        result = {k: v[0].cpu().numpy() for k, v in out.items()}
+        if self.robot is not None:  # only the robot's own output items, in model order
+            for dt, f in self.description.outputs.items():
+                if dt.value in result and f.shape:
+                    width = f.dim // max(len(f.items), 1)
+                    cols = [p * width + k for p in self._own.get(dt.value, []) for k in range(width)]
+                    result[dt.value] = result[dt.value][..., cols]
+        return result

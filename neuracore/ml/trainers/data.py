@@ -17,7 +17,13 @@ from neuracore.ml.core.model_init import FeatureSpec, ModelInitDescription
 from neuracore.ml.core.relative_actions import RelativePair, merge_statistics, resolve_relative_actions
 from neuracore.ml.datasets.data_spec import ResolvedFeature, resolve_model_data_spec
 from neuracore.ml.datasets.format import MaterializedDataset
-from neuracore.ml.datasets.mixture import Mixture, MixtureWindows, check_robot_spec, mixture_info
+from neuracore.ml.datasets.mixture import (
+    RELATIVE_ACTIONS_UNSUPPORTED,
+    Mixture,
+    MixtureWindows,
+    check_robot_spec,
+    mixture_info,
+)
 from neuracore.ml.datasets.statistics import relative_statistics
 from neuracore.ml.datasets.windows import WindowDataset, split_episodes
 
@@ -108,8 +114,7 @@ def _build_mixture_data(config: TrainConfig, mixture: Mixture) -> DataBundle:
         config.input_robot_data_spec, config.output_robot_data_spec,
     )
     if config.relative_actions.enabled:
-        raise ConfigError("relative_actions.enabled=true: not available with several datasets in dataset_name yet "
-                          "(the delta statistics are per dataset); train on one dataset or set it to false")
+        raise ConfigError(RELATIVE_ACTIONS_UNSUPPORTED)
     history = int(getattr(config.algorithm.cls, "observation_history", 1))
     horizon = config.output_prediction_horizon
     language = config.dataset.default_language
