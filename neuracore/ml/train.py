@@ -37,6 +37,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
     from neuracore.ml.core.model import build_model
     from neuracore.ml.core.relative_actions import pairs_to_json
     from neuracore.ml.datasets.mixture import open_datasets
+    from neuracore.ml.datasets.remote import open_remote_dataset, wants_remote
     from neuracore.ml.trainers.accelerator import (
         accelerator_defaults_bf16,
         choose_run_dir,
@@ -78,8 +79,11 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         set_seed(config.seed)
 
         with accelerator.main_process_first():
-            dataset = open_datasets(config.dataset_name, config.dataset_weights, config.dataset.statistics,
-                                    _local_dataset_name)
+            if wants_remote(config.dataset_name, config.dataset):  # shard by shard from storage (datasets/remote.py)
+                dataset = open_remote_dataset(config.dataset_name, config.dataset)
+            else:
+                dataset = open_datasets(config.dataset_name, config.dataset_weights, config.dataset.statistics,
+                                        _local_dataset_name)
         data = build_data(config, dataset)
         # sizes that cannot fit are one line before anything is allocated (a meta-device build)
         check_model_fits(config.algorithm.cls, data.model_init, config.algorithm.hyperparameters)

@@ -244,7 +244,7 @@ def check_dataset_and_spec(config: Any) -> None:
     names = dataset_names(config.dataset_name)
     specs = []
     for name in names:
-        if looks_like_repo(name):
+        if looks_like_repo(name) or "://" in name:  # storage / URL (datasets/remote.py): checked at start
             return  # pulled (and its spec checked) when the run starts
         path = dataset_path(name)
         if not (path / SPEC_FILE).is_file():

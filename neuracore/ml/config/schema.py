@@ -46,6 +46,9 @@ class LoaderOptions:
     persistent_workers: bool = True
     default_language: str = "perform the task"
     statistics: str = "shared"  # several datasets: shared (pooled per item name) | per_robot (<robot>/<item> dims)
+    stream: bool = False  # org/name[@rev] read from storage shard by shard (datasets/remote.py), not pulled whole
+    cache_max_gb: float = 20.0  # bound of the local shard cache of a streamed / URL dataset
+    cache_dir: str | None = None  # shard cache folder; null = $NEURACORE_HOME/cache/shards
 
 
 @dataclass
@@ -381,6 +384,8 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         raise ConfigError(f"training.max_grad_norm={training.max_grad_norm}: must be > 0 (or null: no clipping)")
     loader = _section("dataset", cfg.get("dataset"), LoaderOptions)
     _positive("dataset.prefetch_factor", loader.prefetch_factor)
+    if not loader.cache_max_gb > 0:
+        raise ConfigError(f"dataset.cache_max_gb={loader.cache_max_gb}: must be > 0 (GB of local shard cache)")
     from neuracore.ml.datasets.mixture import STATISTICS_MODES, check_names_and_weights, dataset_names
 
     if loader.statistics not in STATISTICS_MODES:
@@ -422,11 +427,14 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         raw=cfg,
         **values,
     )
+    from neuracore.ml.datasets.remote import check_url, is_url
     from neuracore.ml.storage.names import looks_like_repo
     from neuracore.ml.utils.paths import check_name
 
     for name in dataset_names(config.dataset_name):
-        if not looks_like_repo(name):  # org/name[@revision] is pulled from storage at start
+        if is_url(name):  # s3://, gs://, hf://, file://: read shard by shard (datasets/remote.py)
+            check_url(name)
+        elif not looks_like_repo(name):  # org/name[@revision] is pulled from storage at start
             check_name(name, "dataset_name")
     if config.training_name is not None:
         check_name(config.training_name, "training_name")

@@ -24,6 +24,7 @@ from neuracore.ml.datasets.mixture import (
     check_robot_spec,
     mixture_info,
 )
+from neuracore.ml.datasets.remote import is_sharded, shard_sampler
 from neuracore.ml.datasets.statistics import relative_statistics
 from neuracore.ml.datasets.windows import WindowDataset, split_episodes
 
@@ -229,6 +230,7 @@ def make_loader(
         windows,
         batch_size=batch_size,
         sampler=windows.make_sampler(config.seed, shuffle) if isinstance(windows, MixtureWindows)
+        else shard_sampler(windows, batch_size, config) if shuffle and is_sharded(windows)  # datasets/remote.py
         else EpochSampler(len(windows), config.seed, shuffle=shuffle),
         num_workers=workers,
         pin_memory=pin_memory and config.dataset.pin_memory,
