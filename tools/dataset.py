@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--revision", help="also tag the revision with this name")
     p.add_argument("--message", default="")
     p.add_argument("--storage", help="storage URL (default $NEURACORE_STORAGE_URL or file://$NEURACORE_HOME/storage)")
+    p = sub.add_parser("shards", help="write shards.json (sha256, bytes, rows per Arrow shard) for training from storage")
+    p.add_argument("name")
+    p.add_argument("--shard-mb", type=float, help="first rewrite data/ into shards of about this many MB (same rows)")
     p = sub.add_parser("pull", help="pull org/name[@revision] into the datasets folder")
     p.add_argument("spec", help="org/name or org/name@revision")
     p.add_argument("--name", help="local dataset name (default: the repository name)")
@@ -311,11 +314,22 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "delete":
         print(f"deleted {api.delete_dataset(args.name)}")
     elif args.command == "push":
+        from neuracore.ml.datasets.format import SPEC_FILE, dataset_path
+        from neuracore.ml.datasets.remote import SHARDS_FILE, write_shard_list
         from neuracore.ml.storage import push_dataset
 
+        if (dataset_path(args.name) / SPEC_FILE).is_file() and not (dataset_path(args.name) / SHARDS_FILE).is_file():
+            write_shard_list(dataset_path(args.name))  # the hash list dataset.stream=true verifies shards with
         result = push_dataset(args.name, args.repo, message=args.message, tag=args.revision,
                               storage_url=args.storage)
         print(f"pushed {args.name!r} to {result.repo}@{result.revision[:12]} (branch {result.branch})")
+    elif args.command == "shards":
+        from neuracore.ml.datasets.format import dataset_path
+        from neuracore.ml.datasets.remote import SHARDS_FILE, write_shard_list
+
+        shards = write_shard_list(dataset_path(args.name), args.shard_mb)
+        print(f"{args.name}: {len(shards)} shards, largest {max(s.size for s in shards) / 2**20:.1f} MB; "
+              f"wrote {dataset_path(args.name) / SHARDS_FILE}")
     elif args.command == "pull":
         from neuracore.ml.storage import pull_dataset
 
