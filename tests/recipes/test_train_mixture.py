@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -57,17 +58,28 @@ def test_per_robot_mixture_trains_exports_and_runs_for_each_robot(mix_home: Path
 
 
 def test_bad_mixture_input_is_one_line(mix_home: Path) -> None:
-    out = run_cli(MIX + ["dataset_weights=[1]"], mix_home)
+    from neuracore.ml.config.preflight import preflight
+    from neuracore.ml.core.errors import ConfigError, DatasetError
+    from neuracore.ml.train import CONFIG_DIR
+
+    out = run_cli(MIX + ["dataset_weights=[1]"], mix_home)  # the CLI: one line, exit 2, no run folder
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "neuracore: error: dataset_weights: 1 weights for 2 datasets (demo, second); give one positive number per dataset")
-    out = run_cli(MIX + ["input_robot_data_spec={ghost: {}}"], mix_home)
-    assert out.returncode == 2 and "robot 'ghost' is in none of the datasets demo, second" in out.stderr
-    out = run_cli(MIX + ["dataset_name=[demo,nothere]"], mix_home)
-    assert out.returncode == 2 and "dataset_name=[demo, nothere]: 'nothere': no such dataset" in out.stderr
-    out = run_cli(MIX + ["dataset_name=demo", "dataset_weights=[1,2]"], mix_home)
-    assert out.returncode == 2 and "needs a list of at least two names in dataset_name, got 'demo'" in out.stderr
     assert not (mix_home / "training" / "runs").exists() or not any((mix_home / "training" / "runs").iterdir())
+    for extra, error, message in [
+        (["input_robot_data_spec={ghost: {}}"], ConfigError, "robot 'ghost' is in none of the datasets demo, second"),
+        (["dataset_name=[demo,nothere]"], DatasetError, "dataset_name=[demo, nothere]: 'nothere': no such dataset"),
+        (["dataset_name=demo", "dataset_weights=[1,2]"], ConfigError,
+         "needs a list of at least two names in dataset_name, got 'demo'"),
+        (["dataset_name=[demo,demo]"], ConfigError, "dataset_name: 'demo' is listed twice"),
+        (["dataset_weights=[1,-2]"], ConfigError, "weight -2.0 of dataset 'second' must be a positive finite number"),
+        (["dataset.statistics=pooled"], ConfigError, "dataset.statistics='pooled': valid: shared, per_robot"),
+        (["relative_actions.enabled=true"], ConfigError, "not available with several datasets"),
+    ]:
+        with pytest.raises(error, match=re.escape(message)):
+            preflight(MIX + extra, CONFIG_DIR)
+    preflight(MIX + ["dataset.statistics=per_robot", "dataset_weights=[2,1]"], CONFIG_DIR)  # a good one passes
 
 
 @pytest.mark.slow
