@@ -138,6 +138,7 @@ def write_shard_list(folder: Path, shard_mb: float | None = None) -> list[ShardI
             for p in folder.iterdir():
                 if p.name not in (DATA_DIR, SHARDS_FILE) and p.is_file():
                     shutil.copy2(p, staging / p.name)
+            hf_datasets.disable_progress_bars()
             hf = hf_datasets.load_from_disk(str(folder / DATA_DIR))
             hf.save_to_disk(str(staging / DATA_DIR), max_shard_size=int(shard_mb * (1 << 20)))
             spec.fingerprint = fingerprint_files(staging / DATA_DIR)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -59,6 +60,7 @@ def choose_run_dir(config: TrainConfig, state: PartialState, job_num: int | None
             if name is None:
                 stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
                 data = config.dataset_name if isinstance(config.dataset_name, str) else "+".join(config.dataset_name)
+                data = re.sub(r"[/:@]+", "_", data).strip("_")  # org/name@rev, s3://bucket/ds: one folder name
                 name = f"{config.algorithm.name}_{data}_{stamp}"
                 if job_num is not None:
                     name += f"_job{job_num}"
