@@ -15,57 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-
 from neuracore.ml.core.errors import NeuracoreError, run_cli
-from neuracore.ml.sim.envs import EVAL_SEED_OFFSET  # evaluation episodes never overlap training seeds
-
-
-def env_for_policy(policy, name: str, resize_mode: str = "letterbox"):
-    """Env `name` returning camera frames at the sizes the policy's model was trained on."""
-    from neuracore.ml.core.data_types import DataType
-    from neuracore.ml.sim.envs import make_env
-
-    sizes = {}
-    feature = policy.description.inputs.get(DataType.RGB_IMAGES)
-    if feature is not None:
-        _, h, w = feature.shape
-        sizes = {cam: (h, w) for cam in feature.items}
-    env = make_env(name, image_size=sizes, resize_mode=resize_mode)
-    output = policy.output_items.get(DataType.JOINT_TARGET_POSITIONS.value)
-    if output is None:
-        raise NeuracoreError(f"env {name!r} is driven by JOINT_TARGET_POSITIONS; the model predicts "
-                             f"{', '.join(policy.output_items) or 'nothing'}")
-    missing = [n for n in env.action_names if n not in output]
-    if missing:
-        raise NeuracoreError(f"env {name!r}: the model's JOINT_TARGET_POSITIONS lack items {', '.join(missing)} "
-                             f"(it predicts {', '.join(output)})")
-    return env
-
-
-def rollout(policy, seed: int, env=None) -> dict:
-    """One episode, one `policy.select_action` per control step (chunks or temporal ensembling).
-
-    Returns success, the highest reward reached, the episode length in steps and the seconds per
-    step (policy + simulation + rendering).
-    """
-    from neuracore.ml.sim.envs import DemoEnv
-
-    env = env or DemoEnv()
-    output = policy.output_items["JOINT_TARGET_POSITIONS"]
-    order = [output.index(n) for n in env.action_names]  # the model's item order -> the env's
-    policy.reset()
-    obs = env.reset(seed)
-    started = time.perf_counter()
-    while not env.done:
-        action = policy.select_action(obs)["JOINT_TARGET_POSITIONS"]
-        obs = env.step(np.asarray(action)[order]).observation
-    seconds = time.perf_counter() - started
-    return {"success": bool(env.success), "max_reward": float(env.max_reward_reached), "steps": env.steps,
-            "seconds_per_step": seconds / max(env.steps, 1)}
 
 
 def untrained_policy(algorithm: str, horizon: int, seed: int, dataset_name: str = "demo", **rollout_options):
@@ -143,6 +95,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from neuracore.ml.export.model_folder import recover_export
     from neuracore.ml.export.policy import Policy
     from neuracore.ml.sim.envs import ENVS
+    from neuracore.ml.sim.evaluation import env_for_policy, evaluate
 
     if args.episodes < 1:
         raise NeuracoreError(f"--episodes {args.episodes}: must be at least 1")
@@ -165,34 +118,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         policy = untrained_policy(args.untrained, 20, args.seed, args.dataset, **options)
     env = env_for_policy(policy, args.env, args.resize_mode)
-    started = time.perf_counter()
-    seeds = [EVAL_SEED_OFFSET + args.seed + i for i in range(args.episodes)]
-    results = [rollout(policy, s, env) for s in seeds]
-    successes = sum(r["success"] for r in results)
-    stages = range(1, int(env.max_reward) + 1) if env.max_reward > 1 else []
-    report = {
-        "model": args.model or f"untrained {args.untrained}",
-        "env": args.env,
-        "episodes": args.episodes,
-        "seeds": [seeds[0], seeds[-1]],
-        "successes": successes,
-        "success_rate": successes / max(args.episodes, 1),
-        "mean_max_reward": float(np.mean([r["max_reward"] for r in results])),
-        # share of episodes reaching each reward stage (ALOHA: 1 touched .. 4 success)
-        "stage_rates": {str(k): float(np.mean([r["max_reward"] >= k for r in results])) for k in stages},
-        "mean_steps": float(np.mean([r["steps"] for r in results])),
-        "seconds_per_step": float(np.mean([r["seconds_per_step"] for r in results])),
-        "temporal_ensemble_coeff": policy.temporal_ensemble_coeff,
-        "n_action_steps": policy.n_action_steps,
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    env.close()
+    try:
+        report = {"model": args.model or f"untrained {args.untrained}",
+                  **evaluate(policy, env, args.episodes, args.seed)}
+    finally:
+        env.close()
     if args.json:
         print(json.dumps(report))
     else:
         stages = ", ".join(f"{k}: {v:.0%}" for k, v in report["stage_rates"].items())
         print(
-            f"{args.env}: success rate {report['success_rate']:.0%} ({successes}/{args.episodes} episodes), "
+            f"{args.env}: success rate {report['success_rate']:.0%} ({report['successes']}/{args.episodes} episodes), "
             f"mean max reward {report['mean_max_reward']:.2f}" + (f" (stages {stages})" if stages else "")
             + f", mean episode length {report['mean_steps']:.1f} steps, "
             f"{report['seconds_per_step'] * 1000:.1f} ms/step, {report['seconds']} s"

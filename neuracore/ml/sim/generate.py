@@ -10,6 +10,7 @@ failed seeds are listed in `spec.json` under `source.skipped_episodes`); `keep_f
 from __future__ import annotations
 
 import functools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,15 @@ def load_scripted_episode(task: str, seed: int, render_hw: tuple[int, int], keep
     )
 
 
+def _render_hw(value: str | tuple[int, int]) -> tuple[int, int]:
+    """`--render-size HxW` as (H, W), 1..4096 each, or a one-line error."""
+    text = "x".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if not m or not (0 < int(m[1]) <= 4096 and 0 < int(m[2]) <= 4096):
+        raise ConfigError(f"--render-size {value!r}: give one HxW from 1x1 to 4096x4096 (e.g. 480x640)")
+    return int(m[1]), int(m[2])
+
+
 def generate_dataset(
     env: str,
     name: str,
@@ -92,10 +102,7 @@ def generate_dataset(
         raise DatasetError(f"dataset {name!r} already exists at {final}; delete it or pass --overwrite")
     if image_encoding not in IMAGE_ENCODINGS:
         raise ConfigError(f"--image-encoding {image_encoding!r}: valid: {', '.join(IMAGE_ENCODINGS)}")
-    parsed_render = parse_image_size(render_size)
-    if parsed_render is None or set(parsed_render) != {"*"}:
-        raise ConfigError(f"--render-size {render_size!r}: give one HxW (e.g. 480x640)")
-    render_hw = parsed_render["*"]
+    render_hw = _render_hw(render_size)
     sizes = parse_image_size(image_size)
     quality = check_jpeg_quality(jpeg_quality, image_encoding)
     check_resize_mode(resize_mode)
