@@ -46,6 +46,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         start_distributed,
     )
     from neuracore.ml.trainers.batch_plan import decide_batch_size, write_resolved_config
+    from neuracore.ml.trainers.best_model import best_model_hooks
     from neuracore.ml.trainers.checkpoint import TrainerState, load_checkpoint, resolve_resume_path
     from neuracore.ml.trainers.data import build_data, check_full_batches, device_decode_collate, make_loader
     from neuracore.ml.trainers.ema import attach_ema
@@ -153,19 +154,24 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
                           steps_per_epoch, batch_size, step)
         dataset_info = data.info
         command = _reproduce_command()
+        rollouts = _rollouts(config, accelerator, core_model(accelerator, model))  # None unless eval.env
 
-        def on_validation(losses: dict[str, float], st: TrainerState) -> None:
-            loss = losses.get("loss", math.inf)
-            if st.best_validation_loss is None or loss < st.best_validation_loss:
-                st.best_validation_loss = loss
-                export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command)
+        def export_best(st: TrainerState, losses: dict[str, float], report: dict[str, Any] | None) -> None:
+            export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command, report)
+
+        on_validation, on_step = best_model_hooks(export_best, rollouts)
     except BaseException:
         if created:
             discard_unstarted_run(run_dir)
         raise
-    result = fit(accelerator, parts, config, run_dir, trainer_state, preemption, on_validation)
+    try:
+        result = fit(accelerator, parts, config, run_dir, trainer_state, preemption, on_validation, on_step)
+    finally:
+        if rollouts is not None:
+            rollouts.close()
+    final_rollout = rollouts.last if rollouts is not None else None
     export_run(accelerator, model, run_dir / "model", result.state, result.train_losses,
-               result.validation_losses, dataset_info, command)
+               result.validation_losses, dataset_info, command, final_rollout)
     pushed = {}
     if config.push_to_storage and accelerator.is_main_process:
         from neuracore.ml.storage import push_run
@@ -182,6 +188,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         "train_losses": result.train_losses,
         "validation_losses": result.validation_losses,
         "best_validation_loss": result.state.best_validation_loss,
+        **({"rollouts": final_rollout, "best_success_rate": result.state.best_success_rate} if final_rollout else {}),
         "seconds": round(result.seconds, 1),
         "samples_per_second": round(result.samples_per_second, 1),
         "batch_size": batch_size,
@@ -196,6 +203,20 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         _num(result.train_losses.get("loss")), _num(result.validation_losses.get("loss")), summary["model_dir"],
     )
     return summary
+
+
+def _rollouts(config: TrainConfig, accelerator: Any, core: Any) -> Any:
+    """The rollout evaluator of `eval.env` (checked against the model now), or None when rollouts are off."""
+    if config.eval.env is None:
+        return None
+    from neuracore.ml.trainers.rollouts import RolloutEvaluator
+
+    evaluator = RolloutEvaluator(accelerator, core, config.eval, config.algorithm.name)
+    every = config.eval.every_n_steps
+    logger.info("rollouts: %d episodes of %s %s on %d rank(s); best_model/ by success rate",
+                config.eval.episodes, config.eval.env, f"every {every} steps and at the end" if every else "at the end",
+                accelerator.num_processes)
+    return evaluator
 
 
 def _compile_report(model: Any, step: Any) -> dict[str, Any]:

@@ -107,6 +107,43 @@ class RelativeActionsOptions:
 
 
 @dataclass
+class EvalOptions:
+    """`eval.*` keys: closed-loop rollouts in a simulated task during training (trainers/rollouts.py)."""
+
+    env: str | None = None  # null = off; demo | aloha_transfer_cube | aloha_insertion | pusht
+    every_n_steps: int | None = None  # null = only once, at the end
+    episodes: int = 10
+    execute_steps: int = 8  # actions executed from each predicted chunk (as tools/evaluate.py --execute-steps)
+    temporal_ensemble: float | None = None  # ACT's temporal ensembling coefficient (e.g. 0.01); replaces execute_steps
+    seed: int = 0  # first evaluation episode; env seeds are 100000 + seed + i
+    resize_mode: str = "letterbox"  # how rendered frames are resized to the model's image size (as on import)
+
+
+def _eval_options(node: Any) -> EvalOptions:
+    """`eval.*` with ranges; the env name is checked here, the env against the model at start-up."""
+    options = _section("eval", node, EvalOptions)
+    if options.env is not None:
+        from neuracore.ml.sim.envs import env_names
+
+        if options.env not in env_names():
+            raise ConfigError(f"eval.env={options.env!r}: unknown{_close(options.env, env_names())}; "
+                              f"valid: null (off), {', '.join(env_names())}")
+    _positive("eval.every_n_steps", options.every_n_steps)
+    _positive("eval.episodes", options.episodes)
+    _at_most("eval.episodes", options.episodes, 10_000)
+    _positive("eval.execute_steps", options.execute_steps)
+    if options.temporal_ensemble is not None and options.temporal_ensemble < 0:
+        raise ConfigError(f"eval.temporal_ensemble={options.temporal_ensemble}: must be >= 0 (or null: chunks)")
+    if not 0 <= options.seed < 2**31:
+        raise ConfigError(f"eval.seed={options.seed}: must be in [0, 2**31 - 1]")
+    from neuracore.ml.datasets.images import RESIZE_MODES
+
+    if options.resize_mode not in RESIZE_MODES:
+        raise ConfigError(f"eval.resize_mode={options.resize_mode!r}: valid: {', '.join(RESIZE_MODES)}")
+    return options
+
+
+@dataclass
 class AlgorithmChoice:
     """The resolved `algorithm` group: registered name, class and hyper-parameters."""
 
@@ -154,6 +191,7 @@ class TrainConfig:
     ema: EmaOptions = field(default_factory=EmaOptions)
     lora: LoraOptions = field(default_factory=LoraOptions)
     relative_actions: RelativeActionsOptions = field(default_factory=RelativeActionsOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
     raw: dict[str, Any] = field(default_factory=dict)  # the resolved config as plain data
 
 
@@ -330,7 +368,8 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
     values: dict[str, Any] = {}
     for key, value in cfg.items():
-        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor", "ema", "lora", "relative_actions"):
+        if key in ("algorithm", "training", "dataset", "autotune", "memory_monitor", "ema", "lora", "relative_actions",
+                   "eval"):
             continue
         if key == "batch_size":
             if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
@@ -420,6 +459,7 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         ema=ema,
         lora=lora,
         relative_actions=relative,
+        eval=_eval_options(cfg.get("eval")),
         training=training,
         dataset=loader,
         autotune=autotune,

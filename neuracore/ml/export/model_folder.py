@@ -257,6 +257,11 @@ def model_card(config: dict[str, Any]) -> str:
     for key in ("train_losses", "validation_losses", "best_validation_loss"):
         if key in tr:
             lines.append(f"- {key.replace('_', ' ')}: {tr[key]}")
+    if tr.get("rollouts"):
+        r = tr["rollouts"]
+        lines.append(f"- rollouts in `{r.get('env')}` at step {tr.get('steps', '?')}: success rate "
+                     f"{r.get('success_rate', 0):.0%} ({r.get('successes')}/{r.get('episodes')} episodes, env seeds "
+                     f"{'..'.join(map(str, r.get('seeds', [])))}), mean episode length {r.get('mean_steps', 0):.1f} steps")
     lines += [
         "",
         "## Hyper-parameters",

@@ -67,19 +67,24 @@ def evaluate(policy: Any, env: SimEnv, episodes: int, seed: int = 0) -> dict[str
     seeds = evaluation_seeds(episodes, seed)
     started = time.perf_counter()
     results = [rollout(policy, s, env) for s in seeds]
+    return summarise(results, env, seeds, policy, time.perf_counter() - started)
+
+
+def summarise(results: list[dict[str, Any]], env: SimEnv, seeds: list[int], policy: Any, seconds: float) -> dict[str, Any]:
+    """The report of `evaluate` from per-episode `rollout` results (in seed order)."""
     successes = sum(r["success"] for r in results)
     stages = range(1, int(env.max_reward) + 1) if env.max_reward > 1 else []
     return {
         "env": env.name,
-        "episodes": episodes,
+        "episodes": len(results),
         "seeds": [seeds[0], seeds[-1]],
         "successes": successes,
-        "success_rate": successes / episodes,
+        "success_rate": successes / len(results),
         "mean_max_reward": float(np.mean([r["max_reward"] for r in results])),
         "stage_rates": {str(k): float(np.mean([r["max_reward"] >= k for r in results])) for k in stages},
         "mean_steps": float(np.mean([r["steps"] for r in results])),
         "seconds_per_step": float(np.mean([r["seconds_per_step"] for r in results])),
         "temporal_ensemble_coeff": policy.temporal_ensemble_coeff,
         "n_action_steps": policy.n_action_steps,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(seconds, 1),
     }

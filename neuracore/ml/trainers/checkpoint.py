@@ -39,7 +39,8 @@ class TrainerState:
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of `epoch` already consumed
     samples_seen: int = 0
-    best_validation_loss: float | None = None
+    best_validation_loss: float | None = None  # with rollouts (eval.env): the validation loss of best_model/
+    best_success_rate: float | None = None  # with rollouts: the success rate of best_model/
     algorithm: str = ""
     dataset_fingerprint: str = ""
     world_size: int = 1

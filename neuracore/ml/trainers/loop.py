@@ -185,8 +185,13 @@ def fit(
     state: TrainerState,
     preemption: PreemptionHandler,
     on_validation: Callable[[dict[str, float], TrainerState], None] | None = None,
+    on_step: Callable[[TrainerState, bool], None] | None = None,
 ) -> LoopResult:
     """Train until `parts.total_steps` optimizer steps; validate, log and checkpoint on the way.
+
+    `on_step(state, final)` runs after every optimizer step's validation and before its checkpoint
+    (what it changes in `state` is checkpointed), its time excluded from throughput; once more with
+    `final=True` after the final validation (e.g. rollouts, `trainers/rollouts.py`).
 
     `preemption` is entered by the caller before set-up starts, so a SIGTERM that arrives while the dataset
     is opened or the step is compiled is not lost: the run then stops after its first step with a checkpoint.
@@ -283,6 +288,8 @@ def fit(
                 if validating:
                     run_validation()
                 done = state.step >= parts.total_steps
+                if on_step is not None and not done:
+                    on_step(state, False)
                 if checkpointing and not done:
                     save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)
                 if not done and preemption.requested(accelerator, state.step, every=PREEMPTION_CHECK_STEPS):
@@ -306,6 +313,8 @@ def fit(
     if window.batches:
         last_train = _log_window(accelerator, parts, window, state)
     run_validation()  # the final model is always validated (no-op if it just was)
+    if on_step is not None:
+        on_step(state, True)
     progress.close()
     elapsed = time.perf_counter() - started
     save_checkpoint(accelerator, run_dir, state, config.keep_last_n_checkpoints, core)

@@ -83,8 +83,11 @@ def export_run(
     validation_losses: dict[str, float],
     dataset: dict[str, Any],
     command: str,
+    rollouts: dict[str, Any] | None = None,
 ) -> Path:
-    """Export the unwrapped model with its training summary (call on every rank; rank 0 writes)."""
+    """Export the unwrapped model with its training summary (call on every rank; rank 0 writes).
+
+    `rollouts`: the last rollout report of this model (`eval.env`), recorded beside the losses."""
     training = {
         "steps": state.step,
         "epochs_completed": state.epoch,
@@ -96,6 +99,9 @@ def export_run(
         "best_validation_loss": state.best_validation_loss,
         "command": command,
     }
+    if rollouts:
+        training["rollouts"] = rollouts
+        training["best_success_rate"] = state.best_success_rate
     unwrapped = core_model(accelerator, model)
     with unwrapped.inference_weights():  # e.g. EMA weights are what gets exported
         # Under FSDP gathering the full state dict is collective: every rank calls export_run.
