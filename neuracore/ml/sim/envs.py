@@ -43,6 +43,10 @@ def configure_headless_rendering() -> str:
     EGL needs libEGL with a Mesa driver (Debian: libegl1 libegl-mesa0 libgl1-mesa-dri);
     `MUJOCO_GL=osmesa` needs libosmesa6 instead.
     """
+    import logging
+
+    for noisy in ("absl", "OpenGL"):  # dm_control/PyOpenGL announce the backend at INFO on every import
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     backend = os.environ.setdefault("MUJOCO_GL", "egl")
     if backend in ("egl", "osmesa"):
         os.environ.setdefault("PYOPENGL_PLATFORM", backend)
