@@ -141,3 +141,39 @@ def test_generation_is_the_same_with_workers(aloha, tmp_path: Path) -> None:
     _, here = _generate(tmp_path, "here")
     _, pooled = _generate(tmp_path, "pooled", workers=1)
     assert here.spec.fingerprint == pooled.spec.fingerprint
+
+
+@pytest.mark.slow
+def test_generate_train_with_rollouts_and_evaluate_from_the_cli(aloha, home: Path) -> None:
+    """The issue's three commands end to end: generate, train ACT with eval.env, evaluate the export."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, run_cli
+
+    env = {**os.environ, "NEURACORE_HOME": str(home)}
+    gen = subprocess.run([sys.executable, "tools/dataset.py", "generate", "aloha_transfer_cube", "--episodes", "2",
+                          "--name", "cube2", "--render-size", "48x64", "--image-size", "24x32"],
+                         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    assert "generated 'cube2' (aloha_transfer_cube): 2 of 2 scripted episodes" in gen.stdout
+    train = run_cli(["algorithm=act", "dataset_name=cube2", "max_steps=2", "batch_size=4", "num_workers=0",
+                     "output_prediction_horizon=10", "algorithm.hidden_dim=16", "algorithm.nheads=2",
+                     "algorithm.dim_feedforward=32", "algorithm.num_encoder_layers=1",
+                     "algorithm.num_vae_encoder_layers=1", "training.log_images=false", "training_name=act_cube",
+                     "eval.env=aloha_transfer_cube", "eval.episodes=1", "eval.execute_steps=10"], home)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "step 2 rollouts: aloha_transfer_cube success rate 0% (0/1 episodes)" in train.stderr
+    model = home / "training" / "runs" / "act_cube" / "model"
+    rollouts = json.loads((model / "config.json").read_text())["training"]["rollouts"]
+    assert rollouts["env"] == "aloha_transfer_cube" and rollouts["mean_steps"] == 400.0
+    ev = subprocess.run([sys.executable, "tools/evaluate.py", str(model), "--env", "aloha_transfer_cube",
+                         "--episodes", "1", "--execute-steps", "10", "--json"],
+                        check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    report = json.loads(ev.stdout.strip().splitlines()[-1])
+    # the same weights, seed and settings as the training run's final rollout: the same episode
+    assert {k: report[k] for k in ("seeds", "successes", "mean_max_reward", "mean_steps")} == \
+        {k: rollouts[k] for k in ("seeds", "successes", "mean_max_reward", "mean_steps")}
