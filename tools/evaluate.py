@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="demo", help="with --untrained: the dataset the model is built for")
     parser.add_argument("--resize-mode", default="letterbox", metavar="letterbox|crop",
                         help="how rendered frames are resized to the model's image size (as on import)")
+    parser.add_argument("--match-items", default="name", metavar="name|position",
+                        help="env items to the model's by name (default) or by position, for data imported under "
+                             "other item names (e.g. LeRobot's motor_0, motor_1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
@@ -95,13 +98,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from neuracore.ml.export.model_folder import recover_export
     from neuracore.ml.export.policy import Policy
     from neuracore.ml.sim.envs import ENVS
-    from neuracore.ml.sim.evaluation import env_for_policy, evaluate
+    from neuracore.ml.sim.evaluation import MATCH_ITEMS, env_for_policy, evaluate
 
     if args.episodes < 1:
         raise NeuracoreError(f"--episodes {args.episodes}: must be at least 1")
     if args.env not in ENVS:  # before a model is loaded: a typo costs nothing
         raise NeuracoreError(f"--env {args.env!r}: unknown; valid: {', '.join(ENVS)}")
     check_resize_mode(args.resize_mode)
+    if args.match_items not in MATCH_ITEMS:
+        raise NeuracoreError(f"--match-items {args.match_items!r}: valid: {', '.join(MATCH_ITEMS)}")
     if args.temporal_ensemble is not None:
         options = {"temporal_ensemble_coeff": args.temporal_ensemble, "n_action_steps": 1}
     else:
@@ -117,10 +122,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         policy = Policy.from_pretrained(args.model, device=args.device, **options)
     else:
         policy = untrained_policy(args.untrained, 20, args.seed, args.dataset, **options)
-    env = env_for_policy(policy, args.env, args.resize_mode)
+    env = env_for_policy(policy, args.env, args.resize_mode, args.match_items)
     try:
         report = {"model": args.model or f"untrained {args.untrained}",
-                  **evaluate(policy, env, args.episodes, args.seed)}
+                  **evaluate(policy, env, args.episodes, args.seed, args.match_items)}
     finally:
         env.close()
     if args.json:

@@ -117,6 +117,7 @@ class EvalOptions:
     temporal_ensemble: float | None = None  # ACT's temporal ensembling coefficient (e.g. 0.01); replaces execute_steps
     seed: int = 0  # first evaluation episode; env seeds are 100000 + seed + i
     resize_mode: str = "letterbox"  # how rendered frames are resized to the model's image size (as on import)
+    match_items: str = "name"  # env items to the model's: by name, or by position (data imported under other names)
 
 
 def _eval_options(node: Any) -> EvalOptions:
@@ -140,6 +141,10 @@ def _eval_options(node: Any) -> EvalOptions:
 
     if options.resize_mode not in RESIZE_MODES:
         raise ConfigError(f"eval.resize_mode={options.resize_mode!r}: valid: {', '.join(RESIZE_MODES)}")
+    from neuracore.ml.sim.evaluation import MATCH_ITEMS
+
+    if options.match_items not in MATCH_ITEMS:
+        raise ConfigError(f"eval.match_items={options.match_items!r}: valid: {', '.join(MATCH_ITEMS)}")
     return options
 
 

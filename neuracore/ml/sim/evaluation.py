@@ -12,6 +12,7 @@ success), the mean episode length and the seconds per step (policy + simulation 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,36 +21,72 @@ from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.sim.envs import EVAL_SEED_OFFSET, SimEnv, make_env
 
+MATCH_ITEMS = ("name", "position")
 
-def env_for_policy(policy: Any, name: str, resize_mode: str = "letterbox") -> SimEnv:
-    """Env `name` returning camera frames at the sizes the policy's model was trained on."""
+
+@dataclass(frozen=True)
+class ItemMatch:
+    """How an env's items line up with a model's: by name (the default) or by position (`match_items=position`)."""
+
+    actions: list[int]  # for each of env.action_names, its index in the model's JOINT_TARGET_POSITIONS vector
+    joints: dict[str, str]  # env joint name -> the model's JOINT_POSITIONS item it is fed as (empty: same names)
+
+
+def match_items(policy: Any, env: SimEnv, how: str = "name") -> ItemMatch:
+    """The env's action (and joint) items in the model's terms, or a one-line error naming what is missing.
+
+    `position`: the model's items are taken in order for the env's (same count required), for data
+    imported with other names for the same joints (e.g. LeRobot's `motor_0, motor_1`)."""
+    if how not in MATCH_ITEMS:
+        raise ConfigError(f"match_items={how!r}: valid: {', '.join(MATCH_ITEMS)}")
+    output = policy.output_items.get(DataType.JOINT_TARGET_POSITIONS.value)
+    if output is None:
+        raise ConfigError(f"env {env.name!r} is driven by JOINT_TARGET_POSITIONS; the model predicts "
+                          f"{', '.join(policy.output_items) or 'nothing'}")
+    if how == "name":
+        missing = [n for n in env.action_names if n not in output]
+        if missing:
+            raise ConfigError(f"env {env.name!r}: the model's JOINT_TARGET_POSITIONS lack items {', '.join(missing)} "
+                              f"(it predicts {', '.join(output)}; items named otherwise: match_items=position)")
+        return ItemMatch([output.index(n) for n in env.action_names], {})
+    inputs = policy.description.inputs.get(DataType.JOINT_POSITIONS)
+    joints = list(inputs.items) if inputs is not None else []
+    for kind, model_items, env_items in (("JOINT_TARGET_POSITIONS", output, env.action_names),
+                                         ("JOINT_POSITIONS", joints or env.joint_names, env.joint_names)):
+        if len(model_items) != len(env_items):
+            raise ConfigError(f"env {env.name!r}, match_items=position: the model has {len(model_items)} {kind} items "
+                              f"({', '.join(model_items)}), the env {len(env_items)} ({', '.join(env_items)})")
+    return ItemMatch(list(range(len(env.action_names))), dict(zip(env.joint_names, joints)) if joints else {})
+
+
+def env_for_policy(policy: Any, name: str, resize_mode: str = "letterbox", how: str = "name") -> SimEnv:
+    """Env `name` returning camera frames at the sizes the policy's model was trained on (items checked)."""
     sizes = {}
     feature = policy.description.inputs.get(DataType.RGB_IMAGES)
     if feature is not None:
         _, h, w = feature.shape
         sizes = {cam: (h, w) for cam in feature.items}
     env = make_env(name, image_size=sizes, resize_mode=resize_mode)
-    output = policy.output_items.get(DataType.JOINT_TARGET_POSITIONS.value)
-    if output is None:
-        raise ConfigError(f"env {name!r} is driven by JOINT_TARGET_POSITIONS; the model predicts "
-                          f"{', '.join(policy.output_items) or 'nothing'}")
-    missing = [n for n in env.action_names if n not in output]
-    if missing:
-        raise ConfigError(f"env {name!r}: the model's JOINT_TARGET_POSITIONS lack items {', '.join(missing)} "
-                          f"(it predicts {', '.join(output)})")
+    try:
+        match_items(policy, env, how)
+    except ConfigError:
+        env.close()
+        raise
     return env
 
 
-def rollout(policy: Any, seed: int, env: SimEnv) -> dict[str, Any]:
+def rollout(policy: Any, seed: int, env: SimEnv, how: str = "name") -> dict[str, Any]:
     """One episode from env seed `seed`: success, highest reward, length in steps, seconds per step."""
-    output = policy.output_items[DataType.JOINT_TARGET_POSITIONS.value]
-    order = [output.index(n) for n in env.action_names]  # the model's item order -> the env's
+    match = match_items(policy, env, how)
+    joints = DataType.JOINT_POSITIONS.value
     policy.reset()
     obs = env.reset(seed)
     started = time.perf_counter()
     while not env.done:
+        if match.joints:
+            obs = {**obs, joints: {match.joints[k]: v for k, v in obs[joints].items()}}
         action = policy.select_action(obs)[DataType.JOINT_TARGET_POSITIONS.value]
-        obs = env.step(np.asarray(action)[order]).observation
+        obs = env.step(np.asarray(action)[match.actions]).observation
     seconds = time.perf_counter() - started
     return {"success": bool(env.success), "max_reward": float(env.max_reward_reached), "steps": env.steps,
             "seconds_per_step": seconds / max(env.steps, 1)}
@@ -60,13 +97,13 @@ def evaluation_seeds(episodes: int, seed: int = 0) -> list[int]:
     return [EVAL_SEED_OFFSET + seed + i for i in range(episodes)]
 
 
-def evaluate(policy: Any, env: SimEnv, episodes: int, seed: int = 0) -> dict[str, Any]:
+def evaluate(policy: Any, env: SimEnv, episodes: int, seed: int = 0, how: str = "name") -> dict[str, Any]:
     """Roll `policy` out for `episodes` episodes and summarise them (see module doc)."""
     if episodes < 1:
         raise ConfigError(f"episodes={episodes}: must be at least 1")
     seeds = evaluation_seeds(episodes, seed)
     started = time.perf_counter()
-    results = [rollout(policy, s, env) for s in seeds]
+    results = [rollout(policy, s, env, how) for s in seeds]
     return summarise(results, env, seeds, policy, time.perf_counter() - started)
 
 

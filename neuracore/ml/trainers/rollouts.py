@@ -55,7 +55,7 @@ class RolloutEvaluator:
             rollout = {"n_action_steps": options.execute_steps}
         try:  # checks the env against the model now: a mismatch stops the run before its first step
             self.policy = Policy(core, {"algorithm": {"name": algorithm}}, accelerator.device, **rollout)
-            self.env = env_for_policy(self.policy, options.env, options.resize_mode)
+            self.env = env_for_policy(self.policy, options.env, options.resize_mode, options.match_items)
         finally:
             core.train(was_training)
         self.evaluated_at = -1
@@ -100,7 +100,7 @@ class RolloutEvaluator:
             with torch.random.fork_rng(devices=devices), torch.no_grad(), self.core.inference_weights():
                 for i in range(rank, len(seeds), world):
                     torch.manual_seed(seeds[i])  # the same weights give the same episode, whatever ran before
-                    mine.append((i, rollout(self.policy, seeds[i], self.env)))
+                    mine.append((i, rollout(self.policy, seeds[i], self.env, self.options.match_items)))
         finally:
             self.core.train(was_training)
         results = [r for _, r in sorted(gather_object(mine) if world > 1 else mine, key=lambda p: p[0])]

@@ -130,7 +130,8 @@ def test_an_env_the_model_cannot_drive_is_one_line_and_leaves_no_run(home: Path)
                            "output_data_types=[JOINT_TARGET_POSITIONS]",
                            "output_robot_data_spec={planar_arm: {JOINT_TARGET_POSITIONS: [shoulder, elbow]}}"], home)
     msg = error_line(proc, only_line=False)
-    assert msg == "env 'demo': the model's JOINT_TARGET_POSITIONS lack items gripper (it predicts shoulder, elbow)"
+    assert msg == ("env 'demo': the model's JOINT_TARGET_POSITIONS lack items gripper (it predicts shoulder, elbow; "
+                   "items named otherwise: match_items=position)")
     assert not (home / "training" / "runs" / "nodrive").exists()
 
 
@@ -142,6 +143,7 @@ def test_an_env_the_model_cannot_drive_is_one_line_and_leaves_no_run(home: Path)
     ("eval.temporal_ensemble=-1", "eval.temporal_ensemble=-1.0: must be >= 0 (or null: chunks)"),
     ("eval.resize_mode=stretch", "eval.resize_mode='stretch': valid: letterbox, crop"),
     ("eval.seed=-3", "eval.seed=-3: must be in [0, 2**31 - 1]"),
+    ("eval.match_items=order", "eval.match_items='order': valid: name, position"),
     ("eval.episodez=3", "eval.episodez: unknown config key (did you mean eval.episodes?); valid eval keys: env,"),
 ])
 def test_bad_eval_options_are_one_line(home: Path, override: str, message: str, capsys) -> None:
