@@ -14,6 +14,9 @@
     python tools/dataset.py split abc --fraction 0.8 --seed 0 --name abc_train --rest-name abc_val
     python tools/dataset.py filter abc --name abc_clean --drop-episodes 3,5-7 --min-length 2.5s --robot so100
     python tools/dataset.py stats abc [--write]
+    python tools/dataset.py view abc --episode 3 [--out ep3.gif] [--items JOINT_POSITIONS] [--fps 10]
+    python tools/dataset.py view abc --sheet [--out abc.png] [--frames-per-episode 4] [--camera top]
+    python tools/dataset.py doctor abc [--json] [--idle-seconds 2] [--outlier-margin 3]
     python tools/dataset.py generate aloha_transfer_cube --episodes 50 --name aloha_cube --workers 2
 """
 
@@ -30,6 +33,7 @@ from neuracore.ml.core.errors import run_cli
 from neuracore.ml.datasets import api
 from neuracore.ml.datasets.format import IMAGE_ENCODINGS
 from neuracore.ml.datasets.importers import IMPORTERS
+from neuracore.ml.datasets.tools.view import add_view_parser, run_view
 from neuracore.ml.utils.paths import check_name
 
 
@@ -207,6 +211,25 @@ def _run_edit_tools(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_doctor(sub: Any) -> None:
+    """`doctor NAME`: read-only checks, each finding with a suggested fix (neuracore.ml.datasets.tools.doctor)."""
+    p = sub.add_parser("doctor", help="report constant items, outliers, idle stretches, action lag, odd episode "
+                       "lengths, black/frozen camera frames (reads only)")
+    p.add_argument("input", metavar="NAME")
+    p.add_argument("--json", action="store_true", help="print the findings as one JSON list")
+    p.add_argument("--idle-seconds", default="2", metavar="S", help="report stretches without motion longer than S")
+    p.add_argument("--outlier-margin", default="3", metavar="M", help="outlier: more than M q01..q99 spans outside it")
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    """Print the doctor's report (or its findings as JSON); findings do not change the exit status."""
+    from neuracore.ml.datasets.tools.doctor import diagnose_dataset, format_report
+
+    r = diagnose_dataset(args.input, idle_seconds=args.idle_seconds, outlier_margin=args.outlier_margin)
+    print(json.dumps([f.to_json() for f in r["findings"]], indent=1) if args.json else format_report(r))
+    return 0
+
+
 # --- generate: scripted simulator demonstrations (neuracore.ml.sim.generate) -------------------------------
 
 
@@ -271,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="local dataset name (default: the repository name)")
     p.add_argument("--storage", help="storage URL")
     _add_edit_tools(sub)
+    add_view_parser(sub)
+    _add_doctor(sub)
     _add_generate(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -281,6 +306,10 @@ def _run(args: argparse.Namespace) -> int:
     """The chosen subcommand (errors are reported by `run_cli`)."""
     if args.command in _EDIT_TOOLS:
         return _run_edit_tools(args)
+    if args.command == "view":
+        return run_view(args)
+    if args.command == "doctor":
+        return _run_doctor(args)
     if args.command == "generate":
         return _run_generate(args)
     if args.command == "import":

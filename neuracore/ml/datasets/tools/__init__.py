@@ -17,6 +17,9 @@ _EXPORTS = {
     "filter_dataset": "filter",
     "compute_statistics": "stats",
     "dataset_statistics": "stats",
+    "render_episode": "view",
+    "contact_sheet": "view",
+    "diagnose_dataset": "doctor",
 }
 
 
@@ -30,4 +33,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-__all__ = ["compute_statistics", "dataset_statistics", "filter_dataset", "merge_datasets", "parse_episodes", "split_dataset"]
+__all__ = ["compute_statistics", "dataset_statistics", "diagnose_dataset", "filter_dataset", "merge_datasets", "parse_episodes", "split_dataset"]
