@@ -637,7 +637,7 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(f"  [{f.severity}] {where}: {f.detail}")
             lines.append(f"    fix: {f.suggestion}")
     c = result["counts"]
-    lines.append(f"summary: {c['warning']} warnings, {c['info']} info" if findings else
+    lines.append(f"summary: {_n(c['warning'], 'warning')}, {c['info']} info" if findings else
                  "summary: no findings (constant items, outliers, idle stretches, action lag, episode lengths, "
                  "black and frozen frames checked)")
     return "\n".join(lines)
