@@ -1,4 +1,4 @@
-"""Dataset tools behind `tools/dataset.py`: merge, split, filter, stats (and view, doctor).
+"""Dataset tools behind `tools/dataset.py`: merge, split, filter, stats, view, doctor.
 
 Every tool that writes a dataset stages it in a hidden folder and publishes it in one rename,
 like an import: a kill leaves the old dataset or the new one, never half of one.
@@ -33,4 +33,5 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-__all__ = ["compute_statistics", "dataset_statistics", "diagnose_dataset", "filter_dataset", "merge_datasets", "parse_episodes", "split_dataset"]
+__all__ = ["compute_statistics", "contact_sheet", "dataset_statistics", "diagnose_dataset", "filter_dataset",
+           "merge_datasets", "parse_episodes", "render_episode", "split_dataset"]
