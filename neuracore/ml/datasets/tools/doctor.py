@@ -20,7 +20,7 @@ Checks, per robot (the rows of its episodes, the items it has):
   an item whose lag differs from the typical one by more than that is a `warning` of its own;
 - `episode_length`: episodes shorter than 25 % or longer than 400 % of the robot's median length,
   or further than `LENGTH_MADS` robust deviations (1.4826 MAD, at least 10 % of the median) from it;
-- `black_frames`, `frozen_frames`: in a sample of each episode's frames (one every 0.25 s, at most
+- `black_frames`, `frozen_frames`: in a sample of each episode's frames (one every 0.5 s, at most
   `MAX_CAMERA_SAMPLES` per episode, decoded as training decodes them) RGB frames whose mean
   intensity is below `BLACK_MEAN` (0-255), and runs of identical consecutive samples longer than
   `idle_seconds` while the joint state moves (a still robot in front of a still scene is `idle`).
@@ -48,7 +48,7 @@ import pyarrow as pa
 from neuracore.ml.core.data_types import DataType, Modality
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.datasets.format import ColumnSpec, DatasetSpec, column_name, decode_images, open_dataset
-from neuracore.ml.datasets.tools.stats import _encoded_rows, _Rows
+from neuracore.ml.datasets.tools.stats import _Rows
 
 IDLE_SECONDS = 2.0
 OUTLIER_MARGIN = 3.0
@@ -61,7 +61,7 @@ LAG_SEARCH_S = 0.5  # lags searched: +-max(10 frames, this many seconds)
 LENGTH_MADS = 3.0
 LENGTH_SHORT, LENGTH_LONG = 0.25, 4.0  # of the median length
 BLACK_MEAN = 8.0
-CAMERA_SAMPLE_S = 0.25
+CAMERA_SAMPLE_S = 0.5
 MAX_CAMERA_SAMPLES = 64
 MOTION_TYPES = (DataType.JOINT_POSITIONS, DataType.PARALLEL_GRIPPER_OPEN_AMOUNTS)
 LAG_PAIRS = ((DataType.JOINT_TARGET_POSITIONS, DataType.JOINT_POSITIONS),
@@ -362,8 +362,17 @@ def _check_idle(spec: DatasetSpec, robot: _Robot, used: list[str], still: np.nda
 
 
 def _padded_steps(values: np.ndarray, robot: _Robot, gap: int) -> np.ndarray:
-    """Per-step changes `[n_steps + gaps, D]` with `gap` zero rows after each episode (no cross-episode products)."""
+    """Per-step changes `[n_steps + gaps, D]` with `gap` zero rows after each episode (no cross-episode products).
+
+    Changes are clipped at 10x their typical |change| (`TYPICAL_STEP_PERCENTILE`): one glitch (the
+    `outliers` check's) would otherwise outweigh every other step in the correlation.
+    """
     delta = np.diff(values, axis=0)[robot.step_ok]
+    if len(delta):
+        magnitude = np.abs(delta)
+        typical = np.percentile(magnitude, TYPICAL_STEP_PERCENTILE, axis=0)
+        bound = np.where(typical > 0, 10 * typical, magnitude.max(0))
+        delta = np.clip(delta, -bound, bound)
     steps = robot.lengths - 1
     out = np.zeros((int(steps.sum()) + gap * len(steps), values.shape[1]), np.float64)
     where = np.repeat(np.arange(len(steps)) * gap, steps) + np.arange(int(steps.sum()))
@@ -399,8 +408,8 @@ def _lag_fix(typical: int) -> str:
         return (f"the state moves {-typical} frames before its action: actions recorded late; fix their timestamps "
                 "at the source and re-import (a policy trained on this learns stale actions)")
     if typical > 0:
-        return f"{typical} frame(s) is a usual controller delay: nothing to do"
-    return (f"the state moves {-typical} frame(s) before its action: actions may be stamped slightly late; "
+        return f"{_n(typical, 'frame')} is a usual controller delay: nothing to do"
+    return (f"the state moves {_n(-typical, 'frame')} before its action: actions may be stamped slightly late; "
             "check the recording's clocks")
 
 
@@ -433,7 +442,7 @@ def _check_lag(spec: DatasetSpec, robot: _Robot, vectors: dict[str, np.ndarray])
         if typical != 0:
             out.append(Finding(
                 "action_lag", "warning" if abs(typical) > LAG_WARN_FRAMES else "info", robot.name, pair, None, [],
-                f"typical lag {typical:+d} frames ({typical / spec.frequency * 1000:+.0f} ms): {meaning}; per item "
+                f"typical lag {typical:+d} frame{'' if abs(typical) == 1 else 's'} ({typical / spec.frequency * 1000:+.0f} ms): {meaning}; per item "
                 f"(frames): {shown}",
                 _lag_fix(typical),
                 {"typical_lag": typical, "items": per_item, "max_lag_searched": max_lag}))
@@ -483,6 +492,30 @@ def _sample_rows(spec: DatasetSpec, robot: _Robot) -> tuple[np.ndarray, np.ndarr
     return robot.rows[local], local
 
 
+def _binary_rows(column: pa.ChunkedArray, rows: np.ndarray) -> list[bytes]:
+    """The encoded frames (bytes) of the ascending table rows `rows`, sliced from each chunk's buffers.
+
+    One `take` per chunk (`stats._encoded_rows`) costs about 2 ms, which a table of thousands of
+    small chunks multiplies into seconds; slicing the offsets and data buffers costs nothing per chunk.
+    """
+    lengths = np.array([len(c) for c in column.chunks], np.int64)
+    ends = np.cumsum(lengths)
+    chunk_of = np.searchsorted(ends, rows, side="right")
+    out: list[bytes] = []
+    for c in np.unique(chunk_of):
+        chunk = column.chunks[c]
+        if chunk.null_count:  # never in a dataset `materialize` wrote; the slow, general way
+            out.extend(chunk.take(pa.array(rows[chunk_of == c] - (ends[c] - lengths[c]))).to_pylist())
+            continue
+        wide = pa.types.is_large_binary(chunk.type) or pa.types.is_large_string(chunk.type)
+        _, offsets_buf, data_buf = chunk.buffers()
+        offsets = np.frombuffer(offsets_buf, np.int64 if wide else np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        data = memoryview(data_buf)
+        for i in (rows[chunk_of == c] - (ends[c] - lengths[c])).tolist():
+            out.append(bytes(data[offsets[i]:offsets[i + 1]]))
+    return out
+
+
 def _frame_blocks(table: pa.Table, spec: DatasetSpec, name: str, col: ColumnSpec,
                   rows: np.ndarray) -> Iterator[np.ndarray]:
     """`[<=256, H, W, C]` frames of the ascending table rows `rows`, in order, decoded as training decodes them.
@@ -498,7 +531,7 @@ def _frame_blocks(table: pa.Table, spec: DatasetSpec, name: str, col: ColumnSpec
     column = table.column(name)
 
     def decode(block: np.ndarray) -> np.ndarray:
-        return decode_images(_encoded_rows(column, block), col.item_shape, f"dataset {spec.name!r} column {name!r}")
+        return decode_images(_binary_rows(column, block), col.item_shape, f"dataset {spec.name!r} column {name!r}")
 
     threads = max(1, min(_DECODE_THREADS, os.cpu_count() or 1))
     with ThreadPoolExecutor(threads) as pool:
@@ -519,8 +552,8 @@ def _black_and_same(blocks: Iterator[np.ndarray], count: int, uint8: bool) -> tu
     at = 0
     for frames in blocks:
         flat = frames.reshape(len(frames), -1)
-        if uint8:
-            black[at:at + len(flat)] = flat.mean(1) < BLACK_MEAN
+        if uint8:  # integer sums: a float mean of every pixel would cost more than the comparison below
+            black[at:at + len(flat)] = flat.sum(1, dtype=np.uint64) < BLACK_MEAN * flat.shape[1]
         before = flat[:-1] if previous is None else np.concatenate([previous[None], flat[:-1]])
         same[at + (previous is None):at + len(flat)] = ~(flat[previous is None:] != before).any(1)
         previous = flat[-1].copy()

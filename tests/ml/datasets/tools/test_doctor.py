@@ -173,9 +173,22 @@ def test_action_lag_is_the_shift(tmp_path: Path, shift: int, severity: str) -> N
     f = result["findings"][0]
     assert f.data["typical_lag"] == shift and {i: v["lag"] for i, v in f.data["items"].items()} == dict.fromkeys(
         JOINTS, shift)
-    assert f.detail.startswith(f"typical lag {shift:+d} frames ({shift * 100:+d} ms)")
+    assert f.detail.startswith(f"typical lag {shift:+d} frame{'' if shift == 1 else 's'} ({shift * 100:+d} ms)")
     if shift == -4:
         assert "actions recorded late" in f.suggestion
+
+
+def test_a_glitch_does_not_hide_the_lag(tmp_path: Path) -> None:
+    root = tmp_path / "datasets"
+    long = [walk(60, seed) for seed in range(4)]
+    states = [q[6:54].copy() for q in long]
+    actions = [q[8:56] for q in long]
+    states[1][20, 0] = 80.0
+    build(root, "glitch", states, actions)
+    result = diagnose_dataset("glitch", root=root)
+    assert found(result) == [("outliers", "warning", "arm", "JOINT_POSITIONS", "a", [1]),
+                             ("action_lag", "info", "arm", "JOINT_TARGET_POSITIONS/JOINT_POSITIONS", None, [])]
+    assert {i: v["lag"] for i, v in result["findings"][1].data["items"].items()} == dict.fromkeys(JOINTS, 2)
 
 
 def test_one_item_out_of_step(tmp_path: Path) -> None:
@@ -228,10 +241,10 @@ def test_black_and_frozen_frames(tmp_path: Path, encoding: str) -> None:
         ("frozen_frames", "warning", "arm", "RGB_IMAGES", "top", [2]),
     ]
     black, frozen = result["findings"][1:]
-    assert black.data["black"] == {1: 14} and black.data["sampled"] == {0: 14, 1: 14, 2: 14, 3: 13}
-    assert "14 of 55 sampled frames are black" in black.detail
-    # samples every 3rd frame (0.25 s at 10 Hz): 12, 15, ..., 39 are the same frame
-    assert [(s["episode"], s["start_frame"], s["end_frame"]) for s in frozen.data["stretches"]] == [(2, 12, 39)]
+    assert black.data["black"] == {1: 8} and black.data["sampled"] == {0: 8, 1: 8, 2: 9, 3: 8}
+    assert "8 of 33 sampled frames are black" in black.detail
+    # samples every 5th frame (0.5 s at 10 Hz): 10, 15, ..., 40 are the same frame
+    assert [(s["episode"], s["start_frame"], s["end_frame"]) for s in frozen.data["stretches"]] == [(2, 10, 40)]
 
 
 def test_two_robots_are_checked_apart(tmp_path: Path) -> None:
