@@ -53,8 +53,7 @@ def test_report_groups_findings_with_a_fix_each(datasets: Path, capsys: pytest.C
     assert lines[3] == ("    fix: inspect them (python tools/dataset.py show sick --episode 1 --frame 12), then drop "
                         "the episodes: python tools/dataset.py filter sick --name sick_clean --drop-episodes 1")
     assert lines[5].startswith("  [info] arm JOINT_POSITIONS: still at the start for more than 2 s in 1 episode")
-    assert lines[8] == ("  [warning] arm: 1 episode much shorter than the median 40 frames (4.0 s): episode (frames) "
-                        "4 (8)")
+    assert lines[8] == "  [warning] arm: 1 episode under 25% of the median 40 frames (4.0 s): episode (frames) 4 (8)"
     assert len(lines) == 11
 
     code, out, _ = _run(["doctor", "sick", "--idle-seconds", "3", "--outlier-margin", "100"], capsys)

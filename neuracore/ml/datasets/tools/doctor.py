@@ -17,9 +17,12 @@ Checks, per robot (the rows of its episodes, the items it has):
   in frames at the peak of the cross-correlation of their per-step changes, pooled over episodes.
   A positive lag L means the state follows the action L frames later (1 is a usual controller
   delay); a typical lag other than 0 is `info`, more than `LAG_WARN_FRAMES` frames a `warning`;
-  an item whose lag differs from the typical one by more than that is a `warning` of its own;
-- `episode_length`: episodes shorter than 25 % or longer than 400 % of the robot's median length,
-  or further than `LENGTH_MADS` robust deviations (1.4826 MAD, at least 10 % of the median) from it;
+  an item whose lag differs from the typical one by more than that is a finding of its own, a
+  `warning` when its peak is sharp (correlation >= `LAG_SHARP_CORRELATION`: shifted timestamps)
+  and `info` when broad (a rate-limited actuator such as a gripper);
+- `episode_length`: episodes shorter than 25 % or longer than 400 % of the robot's median length
+  (`warning`), or further than `LENGTH_MADS` robust deviations (1.4826 MAD, at least 20 % of the
+  median) from it (`info`);
 - `black_frames`, `frozen_frames`: in a sample of each episode's frames (one every 0.5 s, at most
   `MAX_CAMERA_SAMPLES` per episode, decoded as training decodes them) RGB frames whose mean
   intensity is below `BLACK_MEAN` (0-255), and runs of identical consecutive samples longer than
@@ -57,8 +60,10 @@ IDLE_STEP_FRACTION = 0.05  # a step "still" when |change| <= this x the dimensio
 TYPICAL_STEP_PERCENTILE = 90  # typical step: robust to long idle phases (a median would be 0 there)
 LAG_WARN_FRAMES = 2  # |typical lag| above this many frames is a warning
 LAG_MIN_CORRELATION = 0.2  # below this peak correlation an item has no measurable lag
+LAG_SHARP_CORRELATION = 0.5  # an item's own lag is a warning when its peak is at least this (a shift, not a slow joint)
 LAG_SEARCH_S = 0.5  # lags searched: +-max(10 frames, this many seconds)
 LENGTH_MADS = 3.0
+LENGTH_MIN_SCALE = 0.2  # of the median: the robust scale's floor (equal lengths give MAD 0)
 LENGTH_SHORT, LENGTH_LONG = 0.25, 4.0  # of the median length
 BLACK_MEAN = 8.0
 CAMERA_SAMPLE_S = 0.5
@@ -447,13 +452,16 @@ def _check_lag(spec: DatasetSpec, robot: _Robot, vectors: dict[str, np.ndarray])
                 _lag_fix(typical),
                 {"typical_lag": typical, "items": per_item, "max_lag_searched": max_lag}))
         for item, v in per_item.items():
-            if abs(v["lag"] - typical) > LAG_WARN_FRAMES:
-                out.append(Finding(
-                    "action_lag", "warning", robot.name, pair, item, [],
-                    f"lag {v['lag']:+d} frames against the typical {typical:+d} (correlation {v['correlation']:.2f})",
-                    "this item's action and state streams are out of step with the others: check its timestamps "
-                    "and item mapping at the source", {"lag": v["lag"], "typical_lag": typical,
-                                                      "correlation": v["correlation"]}))
+            if abs(v["lag"] - typical) <= LAG_WARN_FRAMES:
+                continue
+            sharp = v["correlation"] >= LAG_SHARP_CORRELATION
+            out.append(Finding(
+                "action_lag", "warning" if sharp else "info", robot.name, pair, item, [],
+                f"lag {v['lag']:+d} frames against the typical {typical:+d} (correlation {v['correlation']:.2f})",
+                "this item's action and state streams are out of step with the others: check its timestamps and "
+                "item mapping at the source" if sharp else "a broad, weak peak: a slow or rate-limited actuator (a "
+                "gripper moving at a bounded speed) looks like this, a timestamp offset gives a sharp one; check "
+                "if unexpected", {"lag": v["lag"], "typical_lag": typical, "correlation": v["correlation"]}))
     return out
 
 
@@ -462,22 +470,26 @@ def _check_lengths(spec: DatasetSpec, robot: _Robot) -> list[Finding]:
     if len(lengths) < 3:
         return []
     median = float(np.median(lengths))
-    scale = max(1.4826 * float(np.median(np.abs(lengths - median))), 0.1 * median)
+    scale = max(1.4826 * float(np.median(np.abs(lengths - median))), LENGTH_MIN_SCALE * median)
+    far = {"short": lengths < LENGTH_SHORT * median, "long": lengths > LENGTH_LONG * median}
+    odd = {"short": lengths < median - LENGTH_MADS * scale, "long": lengths > median + LENGTH_MADS * scale}
     out = []
-    for kind, mask in (("short", (lengths < LENGTH_SHORT * median) | (lengths < median - LENGTH_MADS * scale)),
-                       ("long", (lengths > LENGTH_LONG * median) | (lengths > median + LENGTH_MADS * scale))):
-        if not mask.any():
-            continue
-        episodes = [int(robot.episodes[k]) for k in np.flatnonzero(mask)]
-        shown = ", ".join(f"{e} ({spec.episodes[e].length})" for e in episodes[:_SHOWN])
-        more = f" and {len(episodes) - _SHOWN} more" if len(episodes) > _SHOWN else ""
-        out.append(Finding(
-            "episode_length", "warning", robot.name, None, None, episodes,
-            f"{_n(len(episodes), 'episode')} much {'shorter' if kind == 'short' else 'longer'} than the median "
-            f"{median:g} frames ({median / spec.frequency:.1f} s): episode (frames) {shown}{more}",
-            f"check them (aborted or never-ending recordings?), then: {_drop_line(spec.name, episodes)}",
-            {"median": median, "robust_scale": scale,
-             "lengths": {str(e): spec.episodes[e].length for e in episodes}}))
+    for kind in ("short", "long"):
+        for severity, mask in (("warning", far[kind]), ("info", odd[kind] & ~far[kind])):
+            if not mask.any():
+                continue
+            episodes = [int(robot.episodes[k]) for k in np.flatnonzero(mask)]
+            shown = ", ".join(f"{e} ({spec.episodes[e].length})" for e in episodes[:_SHOWN])
+            more = f" and {len(episodes) - _SHOWN} more" if len(episodes) > _SHOWN else ""
+            how = (f"{'under' if kind == 'short' else 'over'} {(LENGTH_SHORT if kind == 'short' else LENGTH_LONG):.0%} "
+                   "of" if severity == "warning" else f"much {'shorter' if kind == 'short' else 'longer'} than")
+            out.append(Finding(
+                "episode_length", severity, robot.name, None, None, episodes,
+                f"{_n(len(episodes), 'episode')} {how} the median {median:g} frames ({median / spec.frequency:.1f} s): "
+                f"episode (frames) {shown}{more}",
+                f"check them (aborted or never-ending recordings?), then: {_drop_line(spec.name, episodes)}",
+                {"median": median, "robust_scale": scale,
+                 "lengths": {str(e): spec.episodes[e].length for e in episodes}}))
     return out
 
 

@@ -213,15 +213,20 @@ def test_cross_correlation_lag_directly() -> None:
 
 def test_episode_lengths_far_from_the_median(tmp_path: Path) -> None:
     root = tmp_path / "datasets"
-    states = [walk(n, seed) for seed, n in enumerate((40, 40, 42, 38, 40, 8, 200, 55))]
+    # median 40, MAD 2: the robust scale is its floor, 20 % of the median (8 frames): flagged beyond 40 +- 24
+    states = [walk(n, seed) for seed, n in enumerate((40, 40, 42, 38, 40, 41, 39, 40, 8, 200, 70, 14, 60))]
     build(root, "len", states)
     result = diagnose_dataset("len", root=root)
-    assert found(result) == [("episode_length", "warning", "arm", None, None, [5]),
-                             ("episode_length", "warning", "arm", None, None, [6, 7])]
-    assert result["findings"][0].detail == ("1 episode much shorter than the median 40 frames (4.0 s): episode "
-                                            "(frames) 5 (8)")
-    assert result["findings"][1].suggestion.endswith("filter len --name len_clean --drop-episodes 6-7")
-    assert result["findings"][1].data["lengths"] == {"6": 200, "7": 55}
+    assert found(result) == [("episode_length", "warning", "arm", None, None, [8]),
+                             ("episode_length", "info", "arm", None, None, [11]),
+                             ("episode_length", "warning", "arm", None, None, [9]),
+                             ("episode_length", "info", "arm", None, None, [10])]
+    assert [f.detail for f in result["findings"][:2]] == [
+        "1 episode under 25% of the median 40 frames (4.0 s): episode (frames) 8 (8)",
+        "1 episode much shorter than the median 40 frames (4.0 s): episode (frames) 11 (14)"]
+    assert result["findings"][2].detail.startswith("1 episode over 400% of the median")
+    assert result["findings"][3].suggestion.endswith("filter len --name len_clean --drop-episodes 10")
+    assert result["findings"][3].data["lengths"] == {"10": 70}
 
 
 @pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
