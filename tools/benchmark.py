@@ -13,12 +13,12 @@ import importlib
 import sys
 
 from neuracore.ml.benchmarks import BENCHMARKS
-from neuracore.ml.core.errors import run_cli
+from neuracore.ml.core.errors import CliParser, run_cli
 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch to the named benchmark module."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
     modules = {}
     for name, module_path in BENCHMARKS.items():

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any
 
-from neuracore.ml.core.errors import run_cli
+from neuracore.ml.core.errors import CliParser, run_cli
 from neuracore.ml.datasets import api
 from neuracore.ml.datasets.format import IMAGE_ENCODINGS
 from neuracore.ml.datasets.importers import IMPORTERS
@@ -267,7 +267,7 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; errors are one line on stderr with exit status 2."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_import(sub)
     sub.add_parser("list", help="list datasets")

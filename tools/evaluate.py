@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from neuracore.ml.core.errors import NeuracoreError, run_cli
+from neuracore.ml.core.errors import CliParser, NeuracoreError, run_cli
 
 
 def untrained_policy(algorithm: str, horizon: int, seed: int, dataset_name: str = "demo", **rollout_options):
@@ -62,7 +62,7 @@ def resolve_model_folder(value: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "model", nargs="?",
         help="exported model folder (<run>/model or <run>/best_model), a run folder, or `latest` (newest run)",

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from neuracore.ml.core.errors import ConfigError, run_cli
+from neuracore.ml.core.errors import CliParser, ConfigError, run_cli
 from neuracore.ml.storage import Hub, is_model_folder, parse_repo, push_model, push_run
 from neuracore.ml.storage.backend import STORAGE_ENV, check_storage_url, redact
 
@@ -106,7 +106,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CliParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_storage(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

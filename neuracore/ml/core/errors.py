@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+import argparse
+from typing import Any, NoReturn
 
 
 class NeuracoreError(Exception):
@@ -45,6 +46,20 @@ def expected_failure(exc: BaseException) -> str | None:
     if isinstance(exc, MemoryError):
         return "out of host memory (MemoryError); use a smaller batch_size, fewer workers or a smaller model"
     return None
+
+
+class CliParser(argparse.ArgumentParser):
+    """`argparse.ArgumentParser` whose usage errors never echo URL credentials.
+
+    argparse quotes the offending argument (`invalid choice: 's3://KEY:secret@bucket/p'`); here every
+    URL in the message loses its `user:password@` part first, as storage messages do."""
+
+    def error(self, message: str) -> NoReturn:
+        import re
+
+        from neuracore.ml.storage.backend import redact
+
+        super().error(re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"]+", lambda m: redact(m.group()), message))
 
 
 def run_cli(prog: str, func: Any, *args: Any, exit_code: int = 2) -> int:
