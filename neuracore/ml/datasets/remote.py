@@ -28,9 +28,11 @@ import fcntl
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -71,8 +73,8 @@ class ShardInfo:
 
 
 def is_url(name: Any) -> bool:
-    """True for `s3://...`, `gs://...`, `hf://...`, `file://...` dataset names."""
-    return isinstance(name, str) and "://" in name and name.split("://", 1)[0].lower() in URL_SCHEMES
+    """True for `scheme://...` dataset names (`check_url` refuses schemes other than `URL_SCHEMES` by name)."""
+    return isinstance(name, str) and "://" in name and name.split("://", 1)[0].replace("+", "").isalnum()
 
 
 def wants_remote(name: Any, options: Any) -> bool:
@@ -92,7 +94,8 @@ def check_url(name: str) -> str:
         raise ConfigError(f"dataset_name={name!r}: scheme {scheme!r} is not supported; valid: "
                           f"{', '.join(s + '://' for s in URL_SCHEMES)}")
     if not rest.strip("/") or any(p in ("..", ".") for p in rest.split("/")):
-        raise ConfigError(f"dataset_name={name!r}: expected {scheme}://bucket/path/to/dataset (no '..')")
+        where = "/path/to/dataset" if scheme.lower() == "file" else "bucket/path/to/dataset"
+        raise ConfigError(f"dataset_name={name!r}: expected {scheme}://{where} (no '..')")
     from neuracore.ml.storage.backend import check_storage_url
 
     check_storage_url(name)  # credentials in the URL are refused (they would be echoed)
@@ -199,7 +202,7 @@ class Source:
         raise NotImplementedError
 
     def download(self, shard: ShardInfo, dst: Any) -> str:
-        """Copy `shard` into the open binary file `dst`; returns the sha256 of the bytes written."""
+        """Copy `shard` into the binary file `dst` (opened by path); returns the sha256 of the bytes written."""
         raise NotImplementedError
 
     def shards(self) -> list[ShardInfo]:
@@ -255,6 +258,10 @@ class FsspecSource(Source):
                 return copy_hashing(src, dst)[0]
         except FileNotFoundError:
             raise DatasetError(f"{self.url}/{shard.path}: listed in {SHARDS_FILE} but not found") from None
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # writing the cache copy: the cache reports it
+                raise
+            raise DatasetError(f"{self.url}/{shard.path}: cannot download ({one_line(exc)})") from None
 
     def shards(self) -> list[ShardInfo]:
         """From `shards.json`; refused with the command that writes it when there is none."""
@@ -361,7 +368,11 @@ def open_source(name: str) -> Source:
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive `fcntl` lock on `path` (created), held for the block; shared by processes and ranks."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:  # a read-only or vanished cache folder: one line, not a traceback
+        raise DatasetError(f"dataset.cache_dir={str(path.parent.parent)!r}: cannot write the lock {path.name} "
+                           f"({exc.strerror or one_line(exc)}); give a writable dataset.cache_dir") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -375,19 +386,67 @@ def default_cache_dir() -> Path:
     return neuracore_home() / "cache" / "shards"
 
 
+_STATS = ("hits", "misses", "downloaded_bytes")
+_last_stamp = 0
+
+
+def _stamp(path: Path) -> None:
+    """Mark `path` as just used: an explicit nanosecond mtime, increasing within a process.
+
+    The kernel's own "now" for `utime(path)` is coarse (a clock tick), so shards used in quick
+    succession would tie and eviction would not follow the order of use.
+    """
+    global _last_stamp
+    _last_stamp = max(time.time_ns(), _last_stamp + 1)
+    os.utime(path, ns=(_last_stamp, _last_stamp))
+
+
 class ShardCache:
-    """A bounded folder of verified shards named by sha256, with LRU eviction (see the module doc)."""
+    """A bounded folder of verified shards named by sha256, with LRU eviction (see the module doc).
+
+    `stats()` counts, over this process and its DataLoader workers (shared memory, inherited on
+    fork): `hits` (a shard needed and found in the cache), `misses` (downloaded) and `downloaded_bytes`.
+    """
 
     def __init__(self, folder: Path | str | None, max_bytes: int) -> None:
         self.folder = Path(folder).expanduser() if folder else default_cache_dir()
         self.max_bytes = int(max_bytes)
-        self.hits = 0
-        self.misses = 0
+        self._stats: Any = multiprocessing.Array("q", len(_STATS))
         try:
             (self.folder / ".locks").mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DatasetError(f"dataset.cache_dir={str(self.folder)!r}: cannot create "
-                               f"({exc.strerror or one_line(exc)})") from None
+                               f"({exc.strerror or one_line(exc)}); give a writable dataset.cache_dir") from None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if multiprocessing.context.get_spawning_popen() is None:  # plain pickling: a copy of the counts
+            state["_stats"] = list(self._stats)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if isinstance(state["_stats"], list):
+            state["_stats"] = multiprocessing.Array("q", state["_stats"])
+        self.__dict__.update(state)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats.get_lock():
+            self._stats[_STATS.index(key)] += n
+
+    def stats(self) -> dict[str, int]:
+        """`hits`, `misses` and `downloaded_bytes` so far (this process and its workers)."""
+        with self._stats.get_lock():
+            return dict(zip(_STATS, self._stats[:]))
+
+    @property
+    def hits(self) -> int:
+        """Shards needed and found in the cache."""
+        return self.stats()["hits"]
+
+    @property
+    def misses(self) -> int:
+        """Shards downloaded."""
+        return self.stats()["misses"]
 
     def path(self, sha256: str) -> Path:
         """Where the shard with this sha256 lives in the cache."""
@@ -399,41 +458,57 @@ class ShardCache:
 
     def used_bytes(self) -> int:
         """Bytes of the cached shards."""
-        return sum(p.stat().st_size for p in self.entries() if p.exists())
+        total = 0
+        for p in self.entries():
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:  # evicted meanwhile by another process
+                pass
+        return total
 
     def _hit(self, path: Path, shard: ShardInfo) -> bool:
         try:
             if path.stat().st_size != shard.size:
                 return False
-            os.utime(path)  # the LRU stamp
+            _stamp(path)  # the LRU stamp
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise DatasetError(f"dataset.cache_dir={str(self.folder)!r}: cannot use {path.name} "
+                               f"({exc.strerror or one_line(exc)})") from None
         return True
 
     def get(self, source: Source, shard: ShardInfo) -> Path:
         """Local path of a verified copy of `shard`: from the cache, else downloaded, hashed and renamed in."""
         path = self.path(shard.sha256)
         if self._hit(path, shard):
-            self.hits += 1
+            self._count("hits")
             return path
+        if shard.size > self.max_bytes:  # it could never be cached within the bound
+            raise DatasetError(
+                f"dataset.cache_max_gb={self.max_bytes / GB:g}: smaller than shard {source.url}/{shard.path} "
+                f"({shard.size / GB:.3f} GB); use dataset.cache_max_gb>={_ceil_gb(shard.size)}")
         with _locked(self.folder / ".locks" / f"{shard.sha256}.lock"):
             if self._hit(path, shard):  # another worker or rank fetched it meanwhile
-                self.hits += 1
+                self._count("hits")
                 return path
-            self.misses += 1
             self._fetch(source, shard, path)
+            self._count("misses")
+            self._count("downloaded_bytes", shard.size)
         return path
 
     def _fetch(self, source: Source, shard: ShardInfo, path: Path) -> None:
         with _locked(self.folder / ".locks" / "cache.lock"):
             self._evict(shard.size, keep=path)
-        free = shutil.disk_usage(self.folder).free
-        if free < shard.size:
-            raise DatasetError(self._full(shard, free))
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{shard.sha256[:16]}.", suffix=".tmp", dir=path.parent)
+        tmp: str | None = None
         try:
-            with os.fdopen(fd, "wb") as dst:
+            free = shutil.disk_usage(self.folder).free
+            if free < shard.size:
+                raise DatasetError(self._full(shard, free))
+            path.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{shard.sha256[:16]}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            with open(tmp, "wb") as dst:  # opened by name: `dst.name` is its path (HubSource downloads beside it)
                 got = source.download(shard, dst)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -441,15 +516,16 @@ class ShardCache:
                 raise DatasetError(f"shard {source.url}/{shard.path}: sha256 {got}, expected {shard.sha256}; "
                                    "the stored file or the download is damaged (nothing was cached)")
             os.replace(tmp, path)
+            tmp = None
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DatasetError(self._full(shard, shutil.disk_usage(self.folder).free)) from None
-            raise DatasetError(f"shard {source.url}/{shard.path}: cannot fetch into {self.folder} "
-                               f"({exc.strerror or one_line(exc)})") from None
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+            raise DatasetError(f"shard {source.url}/{shard.path}: cannot write into dataset.cache_dir="
+                               f"{str(self.folder)!r} ({exc.strerror or one_line(exc)}); give a writable "
+                               "dataset.cache_dir") from None
+        finally:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     def _full(self, shard: ShardInfo, free: int) -> str:
         return (f"dataset.cache_dir={str(self.folder)!r}: disk full ({free / GB:.2f} GB free) while fetching a "
@@ -531,12 +607,19 @@ class ShardedTable:
             self.cache._hit(self.cache.path(self.shards[i].sha256), self.shards[i])  # keep it recent
             return table
         shard = self.shards[i]
-        path = self.cache.get(self.source, shard)
-        try:
-            with pa.memory_map(str(path)) as mm:
-                table = pa.ipc.open_stream(mm).read_all()
-        except (OSError, pa.ArrowInvalid) as exc:
-            raise DatasetError(f"shard {self.source.url}/{shard.path}: unreadable Arrow ({one_line(exc)})") from None
+        for attempt in range(3):
+            path = self.cache.get(self.source, shard)
+            try:
+                with pa.memory_map(str(path)) as mm:
+                    table = pa.ipc.open_stream(mm).read_all()
+                break
+            except FileNotFoundError:  # evicted by another process between the lookup and the map
+                if attempt == 2:
+                    raise DatasetError(f"shard {self.source.url}/{shard.path}: evicted from dataset.cache_dir "
+                                       f"before it could be read, 3 times; raise dataset.cache_max_gb") from None
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise DatasetError(f"shard {self.source.url}/{shard.path}: unreadable Arrow "
+                                   f"({one_line(exc)})") from None
         if table.num_rows != shard.rows:
             raise DatasetError(f"shard {self.source.url}/{shard.path}: {table.num_rows} rows, the hash list says "
                                f"{shard.rows}")
@@ -592,8 +675,12 @@ def open_remote_dataset(name: str, options: Any) -> MaterializedDataset:
     cache = ShardCache(getattr(options, "cache_dir", None), cache_bytes(options))
     data = source.read(SPEC_FILE)
     spec_dir = cache.folder / "specs" / hashlib.sha256(data).hexdigest()
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text_atomic(spec_dir / SPEC_FILE, data.decode("utf-8", errors="replace"))
+    try:
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text_atomic(spec_dir / SPEC_FILE, data.decode("utf-8", errors="replace"))
+    except OSError as exc:
+        raise DatasetError(f"dataset.cache_dir={str(cache.folder)!r}: cannot write {SPEC_FILE} there "
+                           f"({exc.strerror or one_line(exc)}); give a writable dataset.cache_dir") from None
     spec = read_spec(spec_dir)
     table = ShardedTable(source, shards, cache, list(spec.columns))
     if table.num_rows != spec.num_frames:
@@ -645,6 +732,8 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         rows = starts[windows.episode_ids] + windows.frame_ids if len(windows) else np.zeros(0, np.int64)
         self.shard_of_window = table.shard_of_rows(rows)
         self.shard_sizes = [s.size for s in table.shards]
+        self.cache = table.cache
+        self._logged = self.cache.stats()
         self.batch_size = int(batch_size)
         self.processes = max(int(processes), 1)
         self.seed = seed
@@ -690,9 +779,20 @@ class ShardSampler(torch.utils.data.Sampler[int]):
                 order = np.resize(order, n * b) if len(order) else np.zeros(n * b, np.int64)
             per_rank.append(order[: n * b].reshape(n, b))
         if not per_rank or n == 0:
-            return iter([])
+            return
         glob = np.stack(per_rank, 1).reshape(-1)  # batch k of rank r at global batch k*N + r
-        return iter(glob.tolist())
+        yield from glob.tolist()
+        self._log_cache()
+
+    def _log_cache(self) -> None:
+        """The shard cache's hits, misses and downloads since the last epoch's line (this rank and its workers)."""
+        now = self.cache.stats()
+        hits, misses, down = (now[k] - self._logged[k] for k in ("hits", "misses", "downloaded_bytes"))
+        self._logged = now
+        logger.info("shard cache, epoch %d: %d hits, %d misses (hit rate %.1f%%), %.1f MB downloaded; "
+                    "%.1f MB cached (at most %.1f MB)", self.epoch, hits, misses,
+                    100.0 * hits / max(hits + misses, 1), down / 2**20, self.cache.used_bytes() / 2**20,
+                    self.cache.max_bytes / 2**20)
 
     def __len__(self) -> int:
         return self.per_rank_batches * self.processes * self.batch_size
