@@ -74,7 +74,7 @@ LAG_PAIRS = ((DataType.JOINT_TARGET_POSITIONS, DataType.JOINT_POSITIONS),
 CHECKS = ("constant", "outliers", "idle_start", "idle", "idle_end", "action_lag", "episode_length",
           "black_frames", "frozen_frames")
 _DECODE_THREADS = 4
-_SHOWN = 10  # episodes/stretches spelled out in a detail line
+_SHOWN = 6  # episodes/stretches spelled out in a detail line
 
 
 @dataclass
@@ -442,7 +442,9 @@ def _check_lag(spec: DatasetSpec, robot: _Robot, vectors: dict[str, np.ndarray])
             continue
         typical = int(np.round(np.median([v["lag"] for v in per_item.values()])))
         pair = f"{action_dt.value}/{state_dt.value}"
-        shown = ", ".join(f"{i} {v['lag']:+d}" for i, v in per_item.items())
+        lag_set = {v["lag"] for v in per_item.values()}
+        shown = (f"all {len(per_item)} {lag_set.pop():+d}" if len(lag_set) == 1 and len(per_item) > 1 else
+                 ", ".join(f"{i} {v['lag']:+d}" for i, v in per_item.items()))
         meaning = "the state follows the action" if typical > 0 else "the state moves before the action"
         if typical != 0:
             out.append(Finding(

@@ -174,6 +174,7 @@ def test_action_lag_is_the_shift(tmp_path: Path, shift: int, severity: str) -> N
     assert f.data["typical_lag"] == shift and {i: v["lag"] for i, v in f.data["items"].items()} == dict.fromkeys(
         JOINTS, shift)
     assert f.detail.startswith(f"typical lag {shift:+d} frame{'' if shift == 1 else 's'} ({shift * 100:+d} ms)")
+    assert f.detail.endswith(f"per item (frames): all 3 {shift:+d}")
     if shift == -4:
         assert "actions recorded late" in f.suggestion
 
