@@ -127,7 +127,9 @@ _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 def _hydra_name(name: str) -> str:
     """An item or robot name as Hydra reads it inside a single-quoted shell argument."""
-    return name if _PLAIN.match(name) else json.dumps(name)
+    # Words Hydra would read as a bool, null or number are quoted too.
+    plain = _PLAIN.match(name) and name.lower() not in ("true", "false", "null", "none", "inf", "nan")
+    return name if plain else json.dumps(name)
 
 
 def _fmt(x: float) -> str:

@@ -13,7 +13,13 @@ from neuracore.ml.core.errors import ConfigError, DatasetError
 from neuracore.ml.datasets.format import open_dataset
 from neuracore.ml.datasets.materialize import DatasetLayout, Episode, materialize
 from neuracore.ml.datasets.tools import diagnose_dataset
-from neuracore.ml.datasets.tools.doctor import CHECKS, cross_correlation_lag, episode_ranges, format_report
+from neuracore.ml.datasets.tools.doctor import (
+    CHECKS,
+    _hydra_name,
+    cross_correlation_lag,
+    episode_ranges,
+    format_report,
+)
 
 JP, JTP, RGB = DataType.JOINT_POSITIONS, DataType.JOINT_TARGET_POSITIONS, DataType.RGB_IMAGES
 JOINTS = ("a", "b", "c")
@@ -301,8 +307,10 @@ def test_unknown_dataset(tmp_path: Path) -> None:
         diagnose_dataset("nope", root=tmp_path)
 
 
-def test_episode_ranges() -> None:
+def test_episode_ranges_and_names_in_overrides() -> None:
     assert episode_ranges([5, 0, 1, 2, 9, 8]) == "0-2,5,8-9"
+    assert [_hydra_name(n) for n in ("joint_1", "left arm", "true", "7", "wrist.roll")] == [
+        "joint_1", '"left arm"', '"true"', '"7"', "wrist.roll"]
 
 
 def test_demo_dataset_has_no_warnings(home: Path) -> None:
