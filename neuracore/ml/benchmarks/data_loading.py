@@ -2,6 +2,7 @@
 
     python tools/benchmark.py data                 # a synthetic dataset: 2 cameras 224x224, 14 joints
     python tools/benchmark.py data my_dataset      # any materialised dataset (all cameras and joints)
+    python tools/benchmark.py data large           # 100k frames, 3 cameras 480x640, imported as 224x224 JPEG
 
 Each sample is what training reads: JOINT_POSITIONS and RGB_IMAGES at t, JOINT_TARGET_POSITIONS
 t..t+H-1 (H = --horizon, default 100), collated into batches exactly as the training loop does.
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuracore.ml.benchmarks.large_dataset import LARGE
 from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.errors import ConfigError
 from neuracore.ml.datasets.format import IMAGE_ENCODINGS
@@ -32,7 +34,8 @@ _JOINTS = [f"joint_{i}" for i in range(14)]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI options of `tools/benchmark.py data`."""
     parser.add_argument("name", nargs="?", default=SYNTHETIC,
-                        help=f"dataset name, or '{SYNTHETIC}' (default) for a generated 224x224 two-camera dataset")
+                        help=f"dataset name, or '{SYNTHETIC}' (default) for a generated 224x224 two-camera dataset, "
+                             f"or '{LARGE}' for a large recording imported compactly (--frames-total, --cameras)")
     parser.add_argument("--workers", default="0,1,2", help="comma-separated DataLoader worker counts")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--batches", type=int, default=30, help="timed batches per worker count (after warm-up)")
@@ -41,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=200, help="synthetic: frames per episode")
     parser.add_argument("--image-encoding", choices=IMAGE_ENCODINGS, default="raw",
                         help="synthetic: how RGB frames are stored")
+    parser.add_argument("--frames-total", type=int, default=100_000, help="large: frames of the recording")
+    parser.add_argument("--cameras", type=int, default=3, help="large: cameras")
+    parser.add_argument("--source-size", default="480x640", metavar="HxW", help="large: recorded frame size")
+    parser.add_argument("--image-size", default="224x224", metavar="HxW", help="large: stored frame size")
+    parser.add_argument("--import-workers", type=int, default=2, help="large: import worker processes")
+    parser.add_argument("--jpeg-quality", type=int, help="large, with --image-encoding jpeg (default 95)")
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads in this process (collation "
                         "with workers=0 happens here; default: torch's)")
 
@@ -110,6 +119,36 @@ def _memory_mb() -> tuple[float, float, float]:
     return info.rss / 2**20, info.pss / 2**20, children / 2**20
 
 
+def _import_large(args: argparse.Namespace, root: Path) -> None:
+    """Generate and import the large recording (in a child process, kept out of this one's memory)."""
+    from neuracore.ml.benchmarks.large_dataset import generate_seconds, import_large
+    from neuracore.ml.datasets.images import parse_image_size
+
+    sizes = {}
+    for key in ("source_size", "image_size"):
+        try:
+            parsed = parse_image_size(getattr(args, key))
+        except ConfigError:
+            parsed = None
+        if parsed is None or set(parsed) != {"*"}:
+            raise ConfigError(f"--{key.replace('_', '-')} {getattr(args, key)!r}: give one HxW, e.g. 480x640")
+        sizes[key] = parsed["*"]
+    if args.frames_total < 1 or args.cameras < 1 or args.import_workers < 0:
+        raise ConfigError("--frames-total and --cameras must be >= 1, --import-workers >= 0")
+    encoding = "jpeg" if args.image_encoding == "raw" else args.image_encoding  # large: compact by default
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        gen = pool.submit(generate_seconds, args.cameras, sizes["source_size"]).result()
+        r = pool.submit(import_large, LARGE, root, args.frames_total, args.cameras, sizes["source_size"],
+                        sizes["image_size"], encoding, args.jpeg_quality, args.import_workers).result()
+    h, w = sizes["source_size"]
+    print(f"large recording: {r['frames']} frames ({r['episodes']} episodes), {args.cameras} cameras {h}x{w} "
+          f"(raw {r['raw_source_bytes_per_frame'] / 1e6:.2f} MB/frame), 14 joints, 50 Hz")
+    print(f"import --image-size {args.image_size} --image-encoding {encoding} --workers {args.import_workers}: "
+          f"{r['frames_per_second']:.1f} frames/s ({r['seconds']:.0f} s; generating alone {1 / gen:.0f} frames/s "
+          f"on one core), {r['bytes_per_frame'] / 1e3:.1f} kB/frame on disk ({r['bytes'] / 1e9:.2f} GB, "
+          f"{r['raw_source_bytes_per_frame'] / r['bytes_per_frame']:.0f}x smaller than raw)")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print samples/s per worker count and peak RSS."""
     import torch
@@ -133,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
                 rate = pool.submit(_make_synthetic, root, args.episodes, args.frames, args.image_encoding).result()
             print(f"synthetic dataset: {args.episodes} episodes x {args.frames} frames, 2 cameras 224x224 "
                   f"({args.image_encoding}), 14 joints; materialised at {rate:.0f} frames/s")
+        elif args.name == LARGE:
+            tmp = Path(tempfile.mkdtemp(prefix="neuracore-bench-large-"))
+            root = tmp
+            _import_large(args, root)
         dataset = open_dataset(args.name, root)
         spec = dataset.spec
         present = {dt for r in spec.robots.values() for dt in r}
