@@ -718,56 +718,88 @@ def needed_cache_bytes(table: ShardedTable, spec: Any) -> int:
 class ShardSampler(torch.utils.data.Sampler[int]):
     """A shard-aware epoch order that depends only on (seed, epoch), for exact resume.
 
-    Per epoch: the shard order is shuffled; shards go to ranks (each next shard to the rank with the
-    fewest windows so far); each rank's shards are read group by group (consecutive shards whose bytes
-    fit its share of the cache), windows shuffled within a group. accelerate's `BatchSamplerShard` gives
-    rank r the global batches r, r+N, ..., so the global order interleaves the ranks' batches. Every
-    epoch has the same length: each rank serves `len(self) // (N * batch_size)` batches, a rank short of
-    windows repeating its own from the start.
+    Per epoch: the shards, in row order, are rotated by a random offset and cut into one contiguous
+    part per rank (balanced by windows), so DDP ranks read disjoint shards. Each rank's part is cut
+    into groups of consecutive shards whose footprint (the shards their windows read, history and
+    horizon included: a window near a shard's end reads the next one) fits half its share of the
+    cache, so the group being read and the next one that DataLoader workers start on fit together.
+    Groups are read in random order, windows shuffled within a group: every shard is downloaded
+    about once per epoch whatever the cache size, and with a cache as large as the dataset the
+    order is one shuffle of everything. accelerate's `BatchSamplerShard` gives rank r the global
+    batches r, r+N, ..., so the global order interleaves the ranks' batches. Every epoch has the same
+    length: each rank serves `len(self) // (N * batch_size)` batches, a rank short of windows
+    repeating its own from the start.
     """
 
     def __init__(self, windows: Any, batch_size: int, processes: int, seed: int, cache_bytes: int) -> None:
         table: ShardedTable = windows.table
-        starts = np.asarray([e.start for e in windows.spec.episodes], np.int64)
-        rows = starts[windows.episode_ids] + windows.frame_ids if len(windows) else np.zeros(0, np.int64)
+        episodes = windows.spec.episodes
+        starts = np.asarray([e.start for e in episodes], np.int64)
+        lengths = np.asarray([e.length for e in episodes], np.int64)
+        ep, t = np.asarray(windows.episode_ids, np.int64), np.asarray(windows.frame_ids, np.int64)
+        rows = starts[ep] + t if len(t) else np.zeros(0, np.int64)
+        history, horizon = int(getattr(windows, "history", 1)), int(getattr(windows, "horizon", 1))
+        first = table.shard_of_rows(starts[ep] + np.maximum(t - history + 1, 0)) if len(t) else rows
+        last = table.shard_of_rows(starts[ep] + np.minimum(t + horizon - 1, lengths[ep] - 1)) if len(t) else rows
         self.shard_of_window = table.shard_of_rows(rows)
-        self.shard_sizes = [s.size for s in table.shards]
-        self.cache = table.cache
-        self._logged = self.cache.stats()
+        n_shards = len(table.shards)
+        self.shard_sizes = np.asarray([s.size for s in table.shards], np.int64)
+        # the shards each shard's windows read: first[s]..last[s] (itself when it starts no window)
+        self._reach_lo, self._reach_hi = np.arange(n_shards), np.arange(n_shards)
+        np.minimum.at(self._reach_lo, self.shard_of_window, first)
+        np.maximum.at(self._reach_hi, self.shard_of_window, last)
         self.batch_size = int(batch_size)
         self.processes = max(int(processes), 1)
         self.seed = seed
-        self.budget = max(int(cache_bytes) // self.processes, 1)  # ranks on one machine share the cache
+        # ranks on one machine share the cache; half of a share: the group being read and the next
+        self.budget = max(int(cache_bytes) // self.processes // 2, 1)
         self.epoch = 0
         self.per_rank_batches = len(rows) // (self.processes * self.batch_size)
-        self._by_shard = [np.flatnonzero(self.shard_of_window == i) for i in range(len(self.shard_sizes))]
+        self._by_shard = [np.flatnonzero(self.shard_of_window == i) for i in range(n_shards)]
+        self.cache = table.cache
+        self._logged = self.cache.stats()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the order of `epoch`."""
         self.epoch = epoch
 
+    def groups(self) -> list[list[list[int]]]:
+        """Each rank's shard groups for this epoch, in reading order."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.shard_sizes)
+        seq = np.roll(np.arange(n), -int(rng.integers(n))) if n else np.zeros(0, np.int64)
+        before = np.concatenate([[0], np.cumsum([len(self._by_shard[s]) for s in seq])])
+        # contiguous parts with about total/N windows each (cut where the running count is closest)
+        cuts = [0] + [int(np.argmin(np.abs(before - before[-1] * r / self.processes)))
+                      for r in range(1, self.processes)] + [n]
+        ranks = []
+        for r in range(self.processes):
+            groups: list[list[int]] = []
+            touched: set[int] = set()
+            used = 0
+            for s in seq[cuts[r]:cuts[r + 1]].tolist():
+                reach = set(range(int(self._reach_lo[s]), int(self._reach_hi[s]) + 1)) - touched
+                more = int(self.shard_sizes[sorted(reach)].sum())
+                if groups and used + more <= self.budget:
+                    groups[-1].append(s)
+                    touched |= reach
+                    used += more
+                else:
+                    groups.append([s])
+                    touched = set(range(int(self._reach_lo[s]), int(self._reach_hi[s]) + 1))
+                    used = int(self.shard_sizes[sorted(touched)].sum())
+            ranks.append([groups[i] for i in rng.permutation(len(groups))])
+        return ranks
+
     def rank_orders(self) -> list[np.ndarray]:
         """Each rank's windows for this epoch, in reading order (before equalising the lengths)."""
-        rng = np.random.default_rng([self.seed, self.epoch])
-        shard_order = rng.permutation(len(self.shard_sizes))
-        assigned: list[list[int]] = [[] for _ in range(self.processes)]
-        load = [0] * self.processes
-        for s in shard_order.tolist():
-            r = int(np.argmin(load))
-            assigned[r].append(s)
-            load[r] += len(self._by_shard[s])
+        rng = np.random.default_rng([self.seed, self.epoch, 1])
         orders = []
-        for shards in assigned:
-            parts, group, group_bytes = [], [], 0
-            for s in shards + [None]:
-                if s is None or (group and group_bytes + self.shard_sizes[s] > self.budget):
-                    if group:
-                        idx = np.concatenate([self._by_shard[g] for g in group])
-                        parts.append(idx[rng.permutation(len(idx))])
-                    group, group_bytes = [], 0
-                if s is not None:
-                    group.append(s)
-                    group_bytes += self.shard_sizes[s]
+        for groups in self.groups():
+            parts = []
+            for group in groups:
+                idx = np.concatenate([self._by_shard[s] for s in group])
+                parts.append(idx[rng.permutation(len(idx))])
             orders.append(np.concatenate(parts) if parts else np.zeros(0, np.int64))
         return orders
 

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,26 +453,56 @@ def _epoch(sampler: ShardSampler, epoch: int) -> list[int]:
     return list(sampler)
 
 
+def _touched(windows: WindowDataset, i: int) -> range:
+    """The shards window `i` reads: its history rows and its horizon rows, clamped to the episode."""
+    ep = windows.spec.episodes[int(windows.episode_ids[i])]
+    t = int(windows.frame_ids[i])
+    lo, hi = ep.start + max(t - windows.history + 1, 0), ep.start + min(t + windows.horizon - 1, ep.length - 1)
+    first, last = windows.table.shard_of_rows(np.asarray([lo, hi])).tolist()
+    return range(first, last + 1)
+
+
+def _downloads(windows: WindowDataset, order: list[int], capacity: int) -> int:
+    """Shards an LRU cache of `capacity` bytes fetches serving `order` (what ShardCache does)."""
+    sizes = [s.size for s in windows.table.shards]
+    lru: OrderedDict[int, int] = OrderedDict()
+    fetched = 0
+    for i in order:
+        for s in _touched(windows, i):
+            if s in lru:
+                lru.move_to_end(s)
+                continue
+            fetched += 1
+            lru[s] = sizes[s]
+            while sum(lru.values()) > capacity:
+                lru.popitem(last=False)
+    return fetched
+
+
 def test_sampler_is_a_function_of_seed_and_epoch_and_serves_every_window_once(windows: WindowDataset) -> None:
-    shard = max(windows.table.shards[i].size for i in range(len(windows.table.shards)))
-    make = lambda seed: ShardSampler(windows, 1, 1, seed, 3 * shard)
+    shards = windows.table.shards
+    shard = max(s.size for s in shards)
+    make = lambda seed, cache=8 * shard: ShardSampler(windows, 1, 1, seed, cache)
     a = _epoch(make(7), 0)
     assert sorted(a) == list(range(len(windows))) == list(range(sum(LENGTHS)))
     assert a == _epoch(make(7), 0) and a != _epoch(make(7), 1) and a != _epoch(make(8), 0)
-    for epoch in range(3):
-        order = _epoch(make(7), epoch)
+    for epoch in range(4):
+        sampler = make(7)
+        sampler.set_epoch(epoch)
+        groups = sampler.groups()[0]
+        assert sorted(s for g in groups for s in g) == list(range(len(shards)))
+        assert 3 <= len(groups) < len(shards)  # groups of consecutive shards within half the cache
+        for g in groups:
+            reach = sorted({s for i in np.concatenate([sampler._by_shard[s] for s in g]) for s in _touched(windows, i)})
+            assert sum(shards[s].size for s in reach) <= sampler.budget or len(g) == 1
+        order = list(sampler)
         assert sorted(order) == list(range(len(windows)))
-        # Read group by group: an LRU cache of 3 shards fetches every shard once per epoch.
-        lru: list[int] = []
-        fetched = 0
-        for s in windows.table.shard_of_rows(np.asarray(order)).tolist():
-            if s in lru:
-                lru.remove(s)
-            else:
-                fetched += 1
-                lru = lru[-2:]
-            lru.append(s)
-        assert fetched == len(windows.table.shards)
+        # Read group by group: every shard is downloaded once, plus at most one neighbour per group
+        # (a window near a group's last shard reads the first rows of the next shard).
+        assert len(shards) <= _downloads(windows, order, 8 * shard) <= len(shards) + len(groups)
+    whole = make(7, 1 << 30)  # a cache the size of the dataset: one shuffle of everything
+    assert [len(g) for g in whole.groups()[0]] == [len(shards)]
+    assert _downloads(windows, list(whole), 1 << 30) == len(shards)
     assert len(make(7)) == len(windows)
     assert len(ShardSampler(windows, 4, 1, 7, 3 * shard)) == len(windows) // 4 * 4  # full batches only
 
