@@ -95,6 +95,7 @@ ROLLOUT_RUN = FAST + ["max_steps=4", "checkpoint_frequency=2", "logging_frequenc
 ROLLOUTS = ["eval.env=demo", "eval.every_n_steps=2", "eval.episodes=2", "eval.execute_steps=5"]
 
 
+@pytest.mark.slow
 def test_rollouts_are_logged_keep_best_model_and_do_not_change_training(home: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
