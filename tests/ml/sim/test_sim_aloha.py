@@ -43,10 +43,11 @@ def test_weld_torquescale_is_set_in_memory_only(aloha) -> None:
     assert physics.model.neq == 2 and np.allclose(physics.model.eq_data[:, 10], 20.0)  # weld data[10]: torquescale
 
 
-def test_aloha_env_resets_steps_and_renders(aloha) -> None:
+@pytest.mark.parametrize("name", ["aloha_transfer_cube", "aloha_insertion"])
+def test_aloha_env_resets_steps_and_renders(aloha, name: str) -> None:
     from neuracore.ml.sim.envs import make_env
 
-    env = make_env("aloha_transfer_cube", image_size={"top": (24, 32)}, render_size=(48, 64))
+    env = make_env(name, image_size={"top": (24, 32)}, render_size=(48, 64))
     obs = env.reset(100_000)
     assert list(obs["JOINT_POSITIONS"]) == aloha.JOINT_NAMES == env.action_names and len(env.joint_names) == 14
     assert env.joint_names[6] == "left_arm_gripper" and env.joint_names[13] == "right_arm_gripper"
@@ -57,7 +58,7 @@ def test_aloha_env_resets_steps_and_renders(aloha) -> None:
     result = env.step(q)
     assert env.steps == 1 and result.reward == 0.0 and not result.done
     assert env.frequency == 50.0 and env.max_steps == 400 and env.max_reward == 4.0
-    with pytest.raises(ConfigError, match="env 'aloha_transfer_cube': action has 7 values, expected 14"):
+    with pytest.raises(ConfigError, match=f"env '{name}': action has 7 values, expected 14"):
         env.step(q[:7])
 
 
@@ -77,6 +78,12 @@ def test_scripted_expert_succeeds_and_replays_in_joint_space(aloha) -> None:
     assert first.shape == (400, 14) and np.array_equal(first, again)  # deterministic per seed
     assert expert_best == 4.0
     assert aloha.replay("transfer_cube", 0, first.astype(np.float32)) == (True, 4.0)
+
+
+def test_scripted_insertion_succeeds_and_replays(aloha) -> None:
+    actions, expert_best = aloha.expert_joint_trajectory("insertion", 0)
+    assert actions.shape == (400, 14) and expert_best == 4.0
+    assert aloha.replay("insertion", 0, actions.astype(np.float32)) == (True, 4.0)
 
 
 def test_without_torquescale_the_expert_fails_in_mujoco_3(aloha, monkeypatch: pytest.MonkeyPatch) -> None:
