@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from neuracore.ml.benchmarks import remote_loading
 from neuracore.ml.benchmarks.large_dataset import LARGE
 from neuracore.ml.core.data_types import DataType
 from neuracore.ml.core.errors import ConfigError
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", default="224x224", metavar="HxW", help="large: stored frame size")
     parser.add_argument("--import-workers", type=int, default=2, help="large: import worker processes")
     parser.add_argument("--jpeg-quality", type=int, help="large, with --image-encoding jpeg (default 95)")
+    remote_loading.add_arguments(parser)  # a URL NAME, or --remote: read from storage through the shard cache
     parser.add_argument("--torch-threads", type=int, help="torch intra-op threads in this process (collation "
                         "with workers=0 happens here; default: torch's)")
 
@@ -176,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
             tmp = Path(tempfile.mkdtemp(prefix="neuracore-bench-large-"))
             root = tmp
             _import_large(args, root)
-        dataset = open_dataset(args.name, root)
+        remote = remote_loading.wanted(args)
+        dataset = remote_loading.open_remote(args) if remote else open_dataset(args.name, root)
         spec = dataset.spec
         present = {dt for r in spec.robots.values() for dt in r}
         in_types = [dt for dt in (DataType.JOINT_POSITIONS, DataType.RGB_IMAGES) if dt.value in present]
@@ -195,9 +198,10 @@ def run(args: argparse.Namespace) -> int:
         for workers in worker_counts:
             loader = torch.utils.data.DataLoader(
                 windows, batch_size=args.batch_size, num_workers=workers,
-                sampler=torch.utils.data.RandomSampler(windows, replacement=True,
-                                                       num_samples=args.batch_size * (args.batches + 3),
-                                                       generator=torch.Generator().manual_seed(0)),
+                sampler=remote_loading.training_order(windows, args, args.batch_size * (args.batches + 3)) if remote
+                else torch.utils.data.RandomSampler(windows, replacement=True,
+                                                    num_samples=args.batch_size * (args.batches + 3),
+                                                    generator=torch.Generator().manual_seed(0)),
                 prefetch_factor=4 if workers else None,
             )
             it = iter(loader)
@@ -216,8 +220,11 @@ def run(args: argparse.Namespace) -> int:
             seconds = time.perf_counter() - start - measure
             print(f"workers={workers}: {n / seconds:8.1f} samples/s  ({n} samples in {seconds:.2f} s)  "
                   f"peak RSS {peak[0]:.0f} MB (PSS main {peak[1]:.0f} MB + workers {peak[2]:.0f} MB)")
+            if remote:
+                print(remote_loading.cache_line(windows, args))
             del it, loader
     finally:
+        remote_loading.cleanup(args)
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     return 0

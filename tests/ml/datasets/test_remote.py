@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections import OrderedDict
@@ -589,3 +590,32 @@ def test_hub_revision_streamed_with_dataset_stream(local: Local, tmp_path: Path,
     assert _one_line(exc).endswith(f": the revision has no {SHARDS_FILE} (row counts of its shards); run "
                                    "`python tools/dataset.py shards NAME` and push again, or train without "
                                    "dataset.stream")
+
+
+# --------------------------------------------------------------------------- benchmark
+
+
+def test_data_benchmark_reads_a_url_through_the_cache(local: Local, capsys: pytest.CaptureFixture) -> None:
+    import argparse
+
+    from neuracore.ml.benchmarks import data_loading
+
+    def args(*argv: str) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        data_loading.add_arguments(parser)
+        return parser.parse_args(list(argv))
+
+    total = sum(s["size"] for s in local.shards)
+    url = f"file://{local.folder}"
+    assert data_loading.run(args(url, "--workers", "0,1", "--batches", "20", "--batch-size", "8", "--horizon", "4",
+                                 "--cache-gb", str(total / 2 / GB))) == 0
+    out = capsys.readouterr().out
+    assert f"{url}: 115 windows, inputs {{'JOINT_POSITIONS': (1, 2), 'RGB_IMAGES': (1, 1, 3, 24, 32)}}" in out
+    rates = re.findall(r"workers=(\d): +[\d.]+ samples/s +\((\d+) samples", out)
+    assert rates == [("0", "160"), ("1", "160")]
+    caches = re.findall(r"shard cache \(at most [\d.e-]+ GB, dataset 0\.000 GB\): (\d+) hits, (\d+) misses "
+                        r"\(hit rate [\d.]+%\), ([\d.]+) MB downloaded", out)
+    assert len(caches) == 2  # each worker count from an empty cache: 184 windows, about 1.6 epochs
+    assert all(13 <= int(m) <= 2 * 13 + 8 for _, m, _ in caches), caches
+    with pytest.raises(ConfigError, match=r"--cache-gb 0\.0: must be > 0"):
+        data_loading.run(args(url, "--cache-gb", "0"))
