@@ -72,11 +72,13 @@ def training_order(windows: Any, args: argparse.Namespace, samples: int) -> list
 
 def cache_line(windows: Any, args: argparse.Namespace) -> str:
     """Hits, misses and downloads of the run just measured (main process and workers)."""
+    from neuracore.ml.datasets.remote import hit_rate
+
     now, before = windows.table.cache.stats(), args._stats_before
     hits, misses, down = (now[k] - before[k] for k in ("hits", "misses", "downloaded_bytes"))
     total = sum(s.size for s in windows.table.shards)
     return (f"  shard cache (at most {args.cache_gb:g} GB, dataset {total / 2**30:.3f} GB): {hits} hits, {misses} "
-            f"misses (hit rate {100 * hits / max(hits + misses, 1):.1f}%), {down / 2**20:.1f} MB downloaded")
+            f"misses (hit rate {hit_rate(hits, misses):.1f}%), {down / 2**20:.1f} MB downloaded")
 
 
 def cleanup(args: argparse.Namespace) -> None:

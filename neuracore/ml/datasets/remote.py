@@ -56,7 +56,7 @@ SHARDS_FILE = "shards.json"
 SHARDS_FORMAT = "neuracore-shards/1"
 URL_SCHEMES = ("s3", "gs", "hf", "file")
 GB = 1 << 30
-MAX_OPEN_SHARDS = 4  # memory-mapped shards one process keeps open (a window needs at most a few)
+RECHECK_S = 1.0  # how often a process re-checks that a shard it keeps mapped is still in the cache
 
 
 @dataclass(frozen=True)
@@ -405,7 +405,8 @@ class ShardCache:
     """A bounded folder of verified shards named by sha256, with LRU eviction (see the module doc).
 
     `stats()` counts, over this process and its DataLoader workers (shared memory, inherited on
-    fork): `hits` (a shard needed and found in the cache), `misses` (downloaded) and `downloaded_bytes`.
+    fork), the shards a process loaded (mapped; reads of a shard it keeps mapped are not counted):
+    `hits` (found in the cache), `misses` (downloaded) and `downloaded_bytes`.
     """
 
     def __init__(self, folder: Path | str | None, max_bytes: int) -> None:
@@ -466,6 +467,20 @@ class ShardCache:
                 pass
         return total
 
+    def still_cached(self, path: Path, inode: int, stamp: bool = True) -> bool:
+        """Whether the file a process mapped (`inode`) is still the cached one; stamps it as used if so."""
+        try:
+            if path.stat().st_ino != inode:
+                return False
+            if stamp:
+                _stamp(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise DatasetError(f"dataset.cache_dir={str(self.folder)!r}: cannot use {path.name} "
+                               f"({exc.strerror or one_line(exc)})") from None
+        return True
+
     def _hit(self, path: Path, shard: ShardInfo) -> bool:
         try:
             if path.stat().st_size != shard.size:
@@ -487,7 +502,7 @@ class ShardCache:
         if shard.size > self.max_bytes:  # it could never be cached within the bound
             raise DatasetError(
                 f"dataset.cache_max_gb={self.max_bytes / GB:g}: smaller than shard {source.url}/{shard.path} "
-                f"({shard.size / GB:.3f} GB); use dataset.cache_max_gb>={_ceil_gb(shard.size)}")
+                f"({_size(shard.size)}); use dataset.cache_max_gb>={_ceil_gb(shard.size)}")
         with _locked(self.folder / ".locks" / f"{shard.sha256}.lock"):
             if self._hit(path, shard):  # another worker or rank fetched it meanwhile
                 self._count("hits")
@@ -529,7 +544,7 @@ class ShardCache:
 
     def _full(self, shard: ShardInfo, free: int) -> str:
         return (f"dataset.cache_dir={str(self.folder)!r}: disk full ({free / GB:.2f} GB free) while fetching a "
-                f"{shard.size / GB:.3f} GB shard ({shard.path}); free space there or lower dataset.cache_max_gb")
+                f"{_size(shard.size)} shard ({shard.path}); free space there or lower dataset.cache_max_gb")
 
     def _evict(self, incoming: int, keep: Path) -> None:
         """Remove least recently used shards until `incoming` more bytes fit within `max_bytes`."""
@@ -575,8 +590,24 @@ class _LazyColumn:
         return self._table.num_rows
 
 
+@dataclass
+class _Mapped:
+    """A shard this process has memory-mapped: the table, the cached file's inode, when it was last checked."""
+
+    table: pa.Table
+    inode: int
+    checked: float
+
+
 class ShardedTable:
-    """The reads `WindowDataset` makes of a `pa.Table`, served from cached, memory-mapped shards."""
+    """The reads `WindowDataset` makes of a `pa.Table`, served from cached, memory-mapped shards.
+
+    A process keeps the shards it reads mapped (up to half the cache bound, least recently used
+    dropped first) instead of mapping and parsing one again for every window. About once a second
+    per shard it checks that the file is still the cached one, which also stamps it as used for
+    the cache's LRU; a map whose file was evicted is dropped (freeing its disk space) and the
+    shard is fetched again when next needed.
+    """
 
     def __init__(self, source: Source, shards: Sequence[ShardInfo], cache: ShardCache, columns: Sequence[str]) -> None:
         self.source = source
@@ -585,7 +616,7 @@ class ShardedTable:
         self.column_names = list(columns)
         self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in self.shards])]).astype(np.int64)
         self.num_rows = int(self.offsets[-1])
-        self._open: OrderedDict[int, pa.Table] = OrderedDict()
+        self._open: OrderedDict[int, _Mapped] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -601,17 +632,23 @@ class ShardedTable:
 
     def shard_table(self, i: int) -> pa.Table:
         """Shard `i` memory-mapped (fetched into the cache first when needed)."""
-        table = self._open.get(i)
-        if table is not None:
-            self._open.move_to_end(i)
-            self.cache._hit(self.cache.path(self.shards[i].sha256), self.shards[i])  # keep it recent
-            return table
+        mapped = self._open.get(i)
+        if mapped is not None:
+            now = time.monotonic()
+            fresh = now - mapped.checked < RECHECK_S
+            if fresh or self.cache.still_cached(self.cache.path(self.shards[i].sha256), mapped.inode):
+                if not fresh:
+                    mapped.checked = now
+                self._open.move_to_end(i)
+                return mapped.table
+            del self._open[i]  # evicted meanwhile: let its space go, fetch it again
         shard = self.shards[i]
         for attempt in range(3):
             path = self.cache.get(self.source, shard)
             try:
                 with pa.memory_map(str(path)) as mm:
                     table = pa.ipc.open_stream(mm).read_all()
+                inode = path.stat().st_ino
                 break
             except FileNotFoundError:  # evicted by another process between the lookup and the map
                 if attempt == 2:
@@ -626,10 +663,20 @@ class ShardedTable:
         missing = [c for c in self.column_names if c not in table.column_names]
         if missing:
             raise DatasetError(f"shard {self.source.url}/{shard.path}: columns {missing} of spec.json are missing")
-        self._open[i] = table
-        while len(self._open) > MAX_OPEN_SHARDS:
-            self._open.popitem(last=False)
+        self._open[i] = _Mapped(table, inode, time.monotonic())
+        self._trim(keep=i)
         return table
+
+    def _trim(self, keep: int) -> None:
+        """Drop maps of evicted files, then the least recently used beyond half the cache bound."""
+        for j, mapped in list(self._open.items()):
+            if j != keep and not self.cache.still_cached(self.cache.path(self.shards[j].sha256), mapped.inode,
+                                                         stamp=False):
+                del self._open[j]
+        mapped_bytes = sum(self.shards[j].size for j in self._open)
+        while len(self._open) > 1 and mapped_bytes > self.cache.max_bytes // 2:
+            j, _ = self._open.popitem(last=False)
+            mapped_bytes -= self.shards[j].size
 
     def slice_column(self, name: str, start: int, length: int) -> pa.ChunkedArray:
         """Rows `start..start+length-1` of column `name`, across shard boundaries."""
@@ -690,10 +737,15 @@ def open_remote_dataset(name: str, options: Any) -> MaterializedDataset:
     if needed > cache.max_bytes:
         raise DatasetError(
             f"dataset.cache_max_gb={cache.max_bytes / GB:g}: too small for {source.url}; the shards one episode "
-            f"spans need {needed / GB:.3f} GB at once; use dataset.cache_max_gb>={_ceil_gb(needed)}")
+            f"spans need {_size(needed)} at once; use dataset.cache_max_gb>={_ceil_gb(needed)}")
     logger.info("dataset %s: %d shards, %.2f GB, read on demand into %s (at most %.2f GB)", source.url,
                 len(shards), sum(s.size for s in shards) / GB, cache.folder, cache.max_bytes / GB)
     return MaterializedDataset(path=cache.folder, spec=spec, table=table)  # type: ignore[arg-type]
+
+
+def _size(n: int) -> str:
+    """Bytes as GB, or MB below 0.1 GB."""
+    return f"{n / GB:.3f} GB" if n >= GB // 10 else f"{n / 2**20:.2f} MB"
 
 
 def _ceil_gb(n: int) -> str:
@@ -823,11 +875,16 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         self._logged = now
         logger.info("shard cache, epoch %d: %d hits, %d misses (hit rate %.1f%%), %.1f MB downloaded; "
                     "%.1f MB cached (at most %.1f MB)", self.epoch, hits, misses,
-                    100.0 * hits / max(hits + misses, 1), down / 2**20, self.cache.used_bytes() / 2**20,
+                    hit_rate(hits, misses), down / 2**20, self.cache.used_bytes() / 2**20,
                     self.cache.max_bytes / 2**20)
 
     def __len__(self) -> int:
         return self.per_rank_batches * self.processes * self.batch_size
+
+
+def hit_rate(hits: int, misses: int) -> float:
+    """Percent of shard loads served from the cache (100 when nothing had to be loaded)."""
+    return 100.0 * hits / (hits + misses) if hits + misses else 100.0
 
 
 def shard_sampler(windows: Any, batch_size: int, config: Any) -> ShardSampler:

@@ -335,6 +335,7 @@ def test_cache_smaller_than_a_shard_is_one_line(stored: Remote, local: Local, tm
     message = _one_line(exc)
     assert message.startswith(f"dataset.cache_max_gb={(smallest - 1) / GB:g}: too small for {stored.url}; the shards "
                               "one episode spans need ")
+    assert re.search(r"need \d+\.\d\d MB at once", message)
     assert message.endswith("; use dataset.cache_max_gb>=0.001")
     source, shards = _source(stored)
     with pytest.raises(DatasetError) as exc:  # the cache itself refuses too (never over its bound)
@@ -385,8 +386,8 @@ def test_unwritable_or_full_cache_is_one_line(local: Local, tmp_path: Path, monk
         with pytest.raises(DatasetError) as exc:
             cache.get(source, shards[1])
     assert _one_line(exc) == (
-        f"dataset.cache_dir='{cache.folder}': disk full (0.00 GB free) while fetching a 0.000 GB shard "
-        f"({shards[1].path}); free space there or lower dataset.cache_max_gb")
+        f"dataset.cache_dir='{cache.folder}': disk full (0.00 GB free) while fetching a "
+        f"{shards[1].size / 2**20:.2f} MB shard ({shards[1].path}); free space there or lower dataset.cache_max_gb")
 
     download = source.download
 
@@ -436,6 +437,28 @@ def test_a_shard_evicted_before_it_is_mapped_is_fetched_again(local: Local, tmp_
     table.cache.get = evicted_meanwhile  # type: ignore[method-assign]
     assert table.shard_table(2).num_rows == local.shards[2]["rows"]
     assert table.cache.stats()["misses"] == 2
+
+
+def test_mapped_shards_are_reused_bounded_and_dropped_once_evicted(local: Local, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    size = max(s["size"] for s in local.shards)
+    table = open_remote_dataset(f"file://{local.folder}", _options(tmp_path, 6.5 * size)).table
+    for i in range(len(table.shards)):
+        table.shard_table(i)
+        assert sum(table.shards[j].size for j in table._open) <= table.cache.max_bytes // 2
+        for j, mapped in table._open.items():  # no map outlives its cached file (its disk space is freed)
+            assert table.cache.path(table.shards[j].sha256).stat().st_ino == mapped.inode
+    assert table.cache.stats()["misses"] == len(table.shards)
+    last = len(table.shards) - 1
+    before = table.cache.stats()
+    for _ in range(50):  # windows of a mapped shard: no lookup, no load
+        table.column("JOINT_POSITIONS").slice(int(table.offsets[last]), 3)
+    assert table.cache.stats() == before
+    monkeypatch.setattr(remote, "RECHECK_S", 0.0)
+    table.cache.path(table.shards[last].sha256).unlink()  # another process evicted it
+    assert table.column("JOINT_POSITIONS").slice(int(table.offsets[last]), 3).to_pylist() == \
+        open_dataset("small", local.root).table.column("JOINT_POSITIONS").slice(int(table.offsets[last]), 3).to_pylist()
+    assert table.cache.stats()["misses"] == before["misses"] + 1  # fetched again, not read from the orphan
 
 
 # --------------------------------------------------------------------------- the sampler
