@@ -78,7 +78,8 @@ def cache_line(windows: Any, args: argparse.Namespace) -> str:
     hits, misses, down = (now[k] - before[k] for k in ("hits", "misses", "downloaded_bytes"))
     total = sum(s.size for s in windows.table.shards)
     return (f"  shard cache (at most {args.cache_gb:g} GB, dataset {total / 2**30:.3f} GB): {hits} hits, {misses} "
-            f"misses (hit rate {hit_rate(hits, misses):.1f}%), {down / 2**20:.1f} MB downloaded")
+            f"misses (hit rate {hit_rate(hits, misses):.1f}%), {down / 2**20:.1f} MB downloaded "
+            f"({down / total:.2f}x the dataset)")
 
 
 def cleanup(args: argparse.Namespace) -> None:

@@ -873,10 +873,10 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         now = self.cache.stats()
         hits, misses, down = (now[k] - self._logged[k] for k in ("hits", "misses", "downloaded_bytes"))
         self._logged = now
-        logger.info("shard cache, epoch %d: %d hits, %d misses (hit rate %.1f%%), %.1f MB downloaded; "
-                    "%.1f MB cached (at most %.1f MB)", self.epoch, hits, misses,
-                    hit_rate(hits, misses), down / 2**20, self.cache.used_bytes() / 2**20,
-                    self.cache.max_bytes / 2**20)
+        logger.info("shard cache, epoch %d: %d hits, %d misses (hit rate %.1f%%), %.1f MB downloaded (%.2fx the "
+                    "dataset); %.1f MB cached (at most %.1f MB)", self.epoch, hits, misses,
+                    hit_rate(hits, misses), down / 2**20, down / max(int(self.shard_sizes.sum()), 1),
+                    self.cache.used_bytes() / 2**20, self.cache.max_bytes / 2**20)
 
     def __len__(self) -> int:
         return self.per_rank_batches * self.processes * self.batch_size

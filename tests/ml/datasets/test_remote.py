@@ -575,9 +575,9 @@ def test_sampler_logs_cache_hits_and_misses_each_epoch(windows: WindowDataset, c
     size = sum(s.size for s in windows.table.shards) / 2**20
     assert len(lines) == 2
     assert lines[0].startswith("shard cache, epoch 0: ") and "13 misses" in lines[0]
-    assert f"{size:.1f} MB downloaded" in lines[0]
-    assert lines[1].startswith("shard cache, epoch 1: ") and " 0 misses (hit rate 100.0%), 0.0 MB downloaded; " \
-        f"{size:.1f} MB cached (at most 1024.0 MB)" in lines[1]
+    assert f"{size:.1f} MB downloaded (1.00x the dataset)" in lines[0]
+    assert lines[1].startswith("shard cache, epoch 1: ") and " 0 misses (hit rate 100.0%), 0.0 MB downloaded (0.00x " \
+        f"the dataset); {size:.1f} MB cached (at most 1024.0 MB)" in lines[1]
 
 
 def test_cache_counts_are_shared_with_dataloader_workers(windows: WindowDataset) -> None:
@@ -637,8 +637,8 @@ def test_data_benchmark_reads_a_url_through_the_cache(local: Local, capsys: pyte
     rates = re.findall(r"workers=(\d): +[\d.]+ samples/s +\((\d+) samples", out)
     assert rates == [("0", "160"), ("1", "160")]
     caches = re.findall(r"shard cache \(at most [\d.e-]+ GB, dataset 0\.000 GB\): (\d+) hits, (\d+) misses "
-                        r"\(hit rate [\d.]+%\), ([\d.]+) MB downloaded", out)
+                        r"\(hit rate [\d.]+%\), ([\d.]+) MB downloaded \(([\d.]+)x the dataset\)", out)
     assert len(caches) == 2  # each worker count from an empty cache: 184 windows, about 1.6 epochs
-    assert all(13 <= int(m) <= 2 * 13 + 8 for _, m, _ in caches), caches
+    assert all(13 <= int(m) <= 2 * 13 + 8 and 1.0 <= float(x) <= 2.0 for _, m, _, x in caches), caches
     with pytest.raises(ConfigError, match=r"--cache-gb 0\.0: must be > 0"):
         data_loading.run(args(url, "--cache-gb", "0"))
