@@ -31,7 +31,7 @@ def test_readme_own_algorithm_trains_exports_and_loads(home: Path, tmp_path: Pat
     cmd = [sys.executable, "-m", "neuracore.ml.train", "--config-dir", "my_configs", "algorithm=state_mlp",
            "dataset_name=demo", "max_steps=60", "batch_size=16", "output_prediction_horizon=5", "num_workers=0",
            "training_name=mine", "algorithm.hidden_dim=64", "logging_frequency=10"]
-    result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(cmd, check=False, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run = home / "training" / "runs" / "mine"
     config = json.loads((run / "model" / "config.json").read_text())
@@ -47,7 +47,7 @@ def test_readme_own_algorithm_trains_exports_and_loads(home: Path, tmp_path: Pat
     assert losses[-1] < 0.8 * losses[0], losses
 
     # A misspelt hyper-parameter of the user's algorithm is caught like a built-in one.
-    bad = subprocess.run(cmd[:-1] + ["algorithm.hiden_dim=3"], cwd=work, env=env, capture_output=True, text=True)
+    bad = subprocess.run(cmd[:-1] + ["algorithm.hiden_dim=3"], check=False, cwd=work, env=env, capture_output=True, text=True)
     assert bad.returncode == 2
     assert "algorithm.hiden_dim" in bad.stderr and "hidden_dim" in bad.stderr
 
@@ -59,13 +59,13 @@ def test_readme_own_algorithm_trains_exports_and_loads(home: Path, tmp_path: Pat
         "print(json.dumps(out['JOINT_TARGET_POSITIONS'].tolist()))"
     )
     loaded = subprocess.run([sys.executable, "-c", probe, str(run / "model"), str(work)], env=env,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     chunk = np.array(json.loads(loaded.stdout))
     assert chunk.shape == (5, 3) and np.isfinite(chunk).all()
     # Without the module, the algorithm is not registered: a clear error, no import from the file.
     unknown = subprocess.run(
         [sys.executable, "-c", "import sys; from neuracore.ml import Policy; Policy.from_pretrained(sys.argv[1])",
-         str(run / "model")], env={**env, "PYTHONPATH": ""}, capture_output=True, text=True,
+         str(run / "model")], env={**env, "PYTHONPATH": ""}, capture_output=True, text=True, check=False,
     )
     assert unknown.returncode != 0 and "'state_mlp' is not registered" in unknown.stderr
