@@ -94,7 +94,7 @@ def test_materialize_layout_on_disk(made, tmp_path: Path) -> None:
 
 
 def test_open_rows_episodes_and_spec(made, tmp_path: Path) -> None:
-    path, _episodes = made
+    path, _ = made
     ds = open_dataset("small", root=tmp_path)
     assert ds.name == "small" and ds.path == path
     spec = ds.spec
