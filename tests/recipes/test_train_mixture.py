@@ -76,6 +76,9 @@ def test_bad_mixture_input_is_one_line(mix_home: Path) -> None:
         (["dataset_weights=[1,-2]"], ConfigError, "weight -2.0 of dataset 'second' must be a positive finite number"),
         (["dataset.statistics=pooled"], ConfigError, "dataset.statistics='pooled': valid: shared, per_robot"),
         (["relative_actions.enabled=true"], ConfigError, "not available with several datasets"),
+        (["dataset_name=[demo,s3://bucket/ds]"], ConfigError,
+         "dataset_name: 's3://bucket/ds' would be read shard by shard from storage, which takes one dataset per run"),
+        (["dataset_name=[demo,org/ds]", "dataset.stream=true"], ConfigError, "'org/ds' would be read shard by shard"),
     ]:
         with pytest.raises(error, match=re.escape(message)):
             preflight(MIX + extra, CONFIG_DIR)

@@ -472,11 +472,17 @@ def validate_config(cfg: dict[str, Any]) -> TrainConfig:
         raw=cfg,
         **values,
     )
-    from neuracore.ml.datasets.remote import check_url, is_url
+    from neuracore.ml.datasets.remote import check_url, is_url, wants_remote
     from neuracore.ml.storage.names import looks_like_repo
     from neuracore.ml.utils.paths import check_name
 
-    for name in dataset_names(config.dataset_name):
+    names = dataset_names(config.dataset_name)
+    streamed = [n for n in names if wants_remote(n, config.dataset)] if len(names) > 1 else []
+    if streamed:
+        raise ConfigError(f"dataset_name: {streamed[0]!r} would be read shard by shard from storage, which takes one "
+                          "dataset per run for now; train on it alone, or pull it first (tools/dataset.py pull, or "
+                          "org/name without dataset.stream=true) to mix it with others")
+    for name in names:
         if is_url(name):  # s3://, gs://, hf://, file://: read shard by shard (datasets/remote.py)
             check_url(name)
         elif not looks_like_repo(name):  # org/name[@revision] is pulled from storage at start
