@@ -134,7 +134,7 @@ def test_generated_episode_replays_from_the_dataset_to_success(aloha, tmp_path: 
     assert result["episodes"] == 1 and result["failed"] == []
     assert [(e.robot, e.start, e.length) for e in ds.spec.episodes] == [("aloha", 0, 400)]
     assert ds.spec.frequency == 50.0 and ds.spec.source["seeds"] == [0, 0]
-    assert ds.spec.columns[column_name(DataType.RGB_IMAGES, "top")].shape == [12, 16, 3]
+    assert ds.spec.columns[column_name(DataType.RGB_IMAGES, "top")].item_shape == [12, 16, 3]
     actions = np.asarray(ds.table.column(column_name(DataType.JOINT_TARGET_POSITIONS)).to_pylist(), np.float32)
     joints = np.asarray(ds.table.column(column_name(DataType.JOINT_POSITIONS)).to_pylist(), np.float32)
     assert actions.shape == joints.shape == (400, 14)
