@@ -310,6 +310,7 @@ def _read_rows(item: Episode | EpisodeSource, index: int, layout: DatasetLayout,
 
 def _prepared(
     episodes: Iterable[Episode | EpisodeSource], workers: int, layout: DatasetLayout, columns: dict[str, ColumnSpec],
+    start_method: str | None = None,
 ) -> Iterator[tuple[str, _Rows | BaseException]]:
     """(label, the episode's rows or the error reading/checking it), in input order.
 
@@ -332,7 +333,9 @@ def _prepared(
 
     # fork where available: workers start at once and need no importable __main__; loaders open
     # their own files, so nothing open in the parent is shared.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    # (`start_method="spawn"` for sources whose reading must not inherit the parent's state, e.g. a
+    # renderer's GL context, which a forked child deadlocks on.)
+    method = start_method or ("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
         pending: deque[tuple[str, int, Any]] = deque()
 
@@ -378,6 +381,7 @@ def materialize(
     workers: int = 0,
     progress: bool = False,
     total: int | None = None,
+    start_method: str | None = None,
 ) -> Path:
     """Write `episodes` as dataset `name`; atomic: on any failure nothing appears under the name.
 
@@ -412,7 +416,7 @@ def materialize(
         start = 0
         # Episode by episode straight into one Arrow file: memory is bounded by a few episodes.
         with ArrowWriter(features=features, path=str(staging)) as writer, _progress(name, total, progress) as bar:
-            for index, (label, rows) in enumerate(_prepared(episodes, workers, layout, columns)):
+            for index, (label, rows) in enumerate(_prepared(episodes, workers, layout, columns, start_method)):
                 bar.update(1)
                 try:
                     if isinstance(rows, BaseException):

@@ -126,7 +126,8 @@ def generate_dataset(
                for s in range(seed, seed + episodes)]
     started = time.perf_counter()
     path = materialize(name, sources, layout, aloha.FREQUENCY_HZ, root=root, overwrite=overwrite, source=source,
-                       skip_bad_episodes=not keep_failed, workers=workers, progress=progress, total=episodes)
+                       skip_bad_episodes=not keep_failed, workers=workers, progress=progress, total=episodes,
+                       start_method="spawn")  # MuJoCo's EGL context does not survive a fork (the child hangs)
     import json
 
     from neuracore.ml.datasets.format import SPEC_FILE
