@@ -20,6 +20,10 @@ def aloha():
     """The module, once MuJoCo is known to render headless here (else the tests are skipped, saying why)."""
     import os
 
+    # torchvision (and the triton it imports) segfaults when first imported after an EGL context exists in
+    # the process; training and tools/evaluate.py import it before building an env, so do the same here.
+    import torchvision.models  # noqa: F401
+
     try:
         from neuracore.ml.sim import aloha as module
 
