@@ -53,6 +53,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
     from neuracore.ml.trainers.loop import LoopParts, fit
     from neuracore.ml.trainers.model_size import check_model_fits
     from neuracore.ml.trainers.peft import setup_lora
+    from neuracore.ml.trainers.rollouts import build_rollouts
     from neuracore.ml.trainers.run_folder import (
         discard_unstarted_run,
         export_run,
@@ -154,7 +155,7 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
                           steps_per_epoch, batch_size, step)
         dataset_info = data.info
         command = _reproduce_command()
-        rollouts = _rollouts(config, accelerator, core_model(accelerator, model))  # None unless eval.env
+        rollouts = build_rollouts(config, accelerator, core_model(accelerator, model))  # None unless eval.env
 
         def export_best(st: TrainerState, losses: dict[str, float], report: dict[str, Any] | None) -> None:
             export_run(accelerator, model, run_dir / "best_model", st, {}, losses, dataset_info, command, report)
@@ -203,20 +204,6 @@ def _train(config: TrainConfig, job_num: int | None, preemption: Any) -> dict[st
         _num(result.train_losses.get("loss")), _num(result.validation_losses.get("loss")), summary["model_dir"],
     )
     return summary
-
-
-def _rollouts(config: TrainConfig, accelerator: Any, core: Any) -> Any:
-    """The rollout evaluator of `eval.env` (checked against the model now), or None when rollouts are off."""
-    if config.eval.env is None:
-        return None
-    from neuracore.ml.trainers.rollouts import RolloutEvaluator
-
-    evaluator = RolloutEvaluator(accelerator, core, config.eval, config.algorithm.name)
-    every = config.eval.every_n_steps
-    logger.info("rollouts: %d episodes of %s %s on %d rank(s); best_model/ by success rate",
-                config.eval.episodes, config.eval.env, f"every {every} steps and at the end" if every else "at the end",
-                accelerator.num_processes)
-    return evaluator
 
 
 def _compile_report(model: Any, step: Any) -> dict[str, Any]:

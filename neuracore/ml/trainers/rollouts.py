@@ -112,4 +112,16 @@ class RolloutEvaluator:
             self.env.close()
 
 
-__all__ = ["RolloutEvaluator"]
+def build_rollouts(config: Any, accelerator: Accelerator, core: torch.nn.Module) -> RolloutEvaluator | None:
+    """The evaluator of `eval.env` (checked against the model now), or None when rollouts are off."""
+    if config.eval.env is None:
+        return None
+    evaluator = RolloutEvaluator(accelerator, core, config.eval, config.algorithm.name)
+    every = config.eval.every_n_steps
+    logger.info("rollouts: %d episodes of %s %s on %d rank(s); best_model/ by success rate",
+                config.eval.episodes, config.eval.env, f"every {every} steps and at the end" if every else "at the end",
+                accelerator.num_processes)
+    return evaluator
+
+
+__all__ = ["RolloutEvaluator", "build_rollouts"]
