@@ -49,12 +49,12 @@ def pull_dataset(
     with the same fingerprint is reused; one with another fingerprint is an error (never replaced).
     """
     ref = parse_repo(spec)
+    dest = dataset_path(local_name or ref.name, root)  # a bad local name fails before storage is contacted
     hub = Hub(storage_url)
     revision = hub.revision(ref)
     if revision.manifest.get("kind") != DATASET_KIND:
         raise DatasetError(f"{ref}: revision {revision.id[:12]} is a {revision.manifest.get('kind')!r}, not a dataset")
     fingerprint = revision.manifest.get("metadata", {}).get("fingerprint", "")
-    dest = dataset_path(local_name or ref.name, root)
     if dest.exists():
         if (dest / SPEC_FILE).is_file() and read_spec(dest).fingerprint == fingerprint:
             return dest

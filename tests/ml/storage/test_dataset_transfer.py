@@ -51,3 +51,14 @@ def test_dataset_errors(home: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="is a 'model', not a dataset"):
         pull_dataset("acme/model", storage_url=url)
     assert not (home / "datasets" / "model").exists()
+
+
+def test_bad_local_name_fails_before_storage_is_contacted(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from neuracore.ml.core.errors import NeuracoreError
+
+    contacted = []
+    monkeypatch.setattr(Hub, "revision", lambda self, ref: contacted.append(ref))
+    with pytest.raises(NeuracoreError, match="dataset_name") as err:
+        pull_dataset("acme/demo-data", local_name="../escape", storage_url="file:///nonexistent/storage")
+    assert contacted == [] and "\n" not in str(err.value)
+    assert not (home / "escape").exists()
