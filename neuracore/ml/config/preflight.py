@@ -72,12 +72,26 @@ def _translate(exc: Exception, overrides: list[str], config_dir: str) -> ConfigE
         hint = difflib.get_close_matches(name, valid, 1)
         section = name.rsplit(".", 1)[0] + "." if "." in name else ""
         siblings = sorted(k[len(section):] for k in valid if k.startswith(section) and "." not in k[len(section):])
+        anchor = next((k for k in sorted(valid, key=len, reverse=True) if name.startswith(k + ".")), None)
+        if not siblings and anchor:  # under a key that is empty (null or {}): there is nothing to override
+            return _set_whole(name, anchor, overrides)
         return ConfigError(
             f"{name}: unknown config key{f' (did you mean {hint[0]}?)' if hint else ''}; "
             f"valid {'keys' if not section else section.rstrip('.') + ' keys'}: {', '.join(siblings)}"
         )
     first = message.strip().splitlines()[0] if message.strip() else type(exc).__name__
     return ConfigError(f"invalid overrides: {first}")
+
+
+def _set_whole(name: str, anchor: str, overrides: list[str]) -> ConfigError:
+    """`a.b.c=v` where `a` is empty: say so, and show `a` set whole (`'a={b: {c: v}}'`)."""
+    value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == name), "...")
+    nested = value
+    for part in reversed(name[len(anchor) + 1 :].split(".")):
+        nested = f"{{{part}: {nested}}}"
+    return ConfigError(
+        f"{name}: {anchor} is empty, so it has no keys to override; set it whole, e.g. '{anchor}={nested}'"
+    )
 
 
 def _group_options(config_dir: str, group: str) -> list[str]:

@@ -69,6 +69,11 @@ PRE_START_CASES = [
      ["push_to_storage", "lora.export=adapter", "lora.export=merged"], []),
     ("augmentation_bad_range", FAST + ["training.augmentation.brightness=[1.5,0.5]"],
      ["training.augmentation.brightness=[1.5, 0.5]", "need 0 <= low <= high <= 10"], []),
+    ("key_under_an_empty_mapping", FAST + ["training.augmentation.cameras.top=false"],
+     ["training.augmentation.cameras.top: training.augmentation.cameras is empty",
+      "'training.augmentation.cameras={top: false}'"], []),
+    ("key_under_the_data_spec", FAST + ["input_robot_data_spec.planar_arm.JOINT_POSITIONS=[wrist]"],
+     ["input_robot_data_spec is empty", "'input_robot_data_spec={planar_arm: {JOINT_POSITIONS: [wrist]}}'"], []),
     ("resume_auto_without_run", FAST + ["resume_checkpoint_path=auto"],
      ["resume_checkpoint_path=auto", "training_name"], []),
 ]
