@@ -19,6 +19,7 @@ from neuracore.ml.core.errors import NeuracoreError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 ENTRY_POINTS = ("neuracore.ml.train", "recipes/train.py")
+ERROR = "neuracore: error: "
 
 
 def _blocks(text: str) -> list[list[str]]:
@@ -45,8 +46,8 @@ def _commands() -> list[tuple[str, str | None]]:
             words = command.split()
             if not any(w.endswith(ENTRY_POINTS) for w in words) or words[0] not in ("python", "accelerate"):
                 continue
-            error = lines[i + 1].removeprefix("neuracore: error: ") if i + 1 < len(lines) else None
-            found.append((command, error if error and lines[i + 1].startswith("neuracore: error:") else None))
+            following = lines[i + 1] if i + 1 < len(lines) else ""
+            found.append((command, following.removeprefix(ERROR) if following.startswith(ERROR) else None))
     return found
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from neuracore.ml.core.errors import DatasetError
+from neuracore.ml.core.errors import DatasetError, NeuracoreError
 from neuracore.ml.datasets.format import open_dataset, read_spec
 from neuracore.ml.storage import Hub, pull_dataset, push_dataset, push_model
 
@@ -54,8 +54,6 @@ def test_dataset_errors(home: Path, tmp_path: Path) -> None:
 
 
 def test_bad_local_name_fails_before_storage_is_contacted(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from neuracore.ml.core.errors import NeuracoreError
-
     contacted = []
     monkeypatch.setattr(Hub, "revision", lambda self, ref: contacted.append(ref))
     with pytest.raises(NeuracoreError, match="dataset_name") as err:
